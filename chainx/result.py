@@ -1,0 +1,58 @@
+"""The extraction result as plain data: what chain.json holds and what the diagram draws."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class LayerResult:
+    """One scored layer (a Conv) of the original model and what the chain keeps of it."""
+
+    node: str
+    display: str
+    total: int
+    gate: float
+    kept_indices: list[int] = field(default_factory=list)
+    kept_scores: list[float] = field(default_factory=list)
+
+    @property
+    def kept(self) -> int:
+        return len(self.kept_indices)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "display": self.display,
+            "kept": self.kept,
+            "total": self.total,
+            "gate": self.gate,
+            "filters": [
+                {"index": i, "score": s}
+                for i, s in zip(self.kept_indices, self.kept_scores, strict=True)
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LayerResult:
+        return cls(
+            node=data["node"],
+            display=data["display"],
+            total=data["total"],
+            gate=data["gate"],
+            kept_indices=[f["index"] for f in data["filters"]],
+            kept_scores=[f["score"] for f in data["filters"]],
+        )
+
+
+@dataclass
+class LayerGraph:
+    """Data flow between scored layers, with every other op collapsed.
+
+    `edges` joins layer node names; the pseudo nodes "input" and "output" stand for the
+    model's input and output.
+    """
+
+    layers: list[LayerResult]
+    edges: list[tuple[str, str]]

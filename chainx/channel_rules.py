@@ -1,0 +1,595 @@
+"""One rule per op type: how channels flow through it, and how to rebuild it smaller.
+
+Every rule answers three questions about a node, each on per-channel boolean arrays over
+the channel axis (axis 1) of its activations:
+
+- `zeros`: which output channels are identically zero, given which input channels are;
+- `needs`: which input channels can change a needed output channel;
+- `emit`: how to write the node into the smaller graph, given the *layout* of each input
+  (the original channel indices that the emitted tensor still carries). A channel missing
+  from a layout is zero, or not needed by anything downstream.
+
+An op without a rule, or with attributes a rule does not understand, is frozen: it sees
+every channel of its inputs in the original order, and all its outputs are needed and live.
+That keeps the export exact; it only makes it less small.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+
+from chainx.onnx_graph import GraphIndex, attributes, per_channel
+
+if TYPE_CHECKING:
+    from chainx.surgery import Emitter
+
+Masks = dict[str, np.ndarray]
+
+
+class Rule:
+    """The frozen behaviour, which is also the default for every op."""
+
+    frozen = True
+
+    def accepts(self, node: onnx.NodeProto, g: GraphIndex) -> bool:
+        return True
+
+    def zeros(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks) -> None:
+        for name in node.output:
+            if g.is_activation(name):
+                zero[name] = np.zeros(g.width[name], bool)
+
+    def needs(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, need: Masks) -> None:
+        for name in g.activation_inputs(node):
+            need[name] |= True
+
+    def emit(self, node: onnx.NodeProto, em: Emitter) -> None:
+        g = em.g
+        inputs = [
+            em.remapped(name, np.arange(g.width[name])) if g.is_activation(name) else em.src(name)
+            for name in node.input
+        ]
+        em.copy(node, inputs)
+        for name in node.output:
+            if g.is_activation(name):
+                em.set(name, name, np.arange(g.width[name]))
+        if g.activation_inputs(node):
+            em.frozen.append((node.name, node.op_type))
+
+
+FROZEN = Rule()
+
+
+def _single(node: onnx.NodeProto, g: GraphIndex) -> tuple[str, str]:
+    return node.input[0], node.output[0]
+
+
+def _one_activation_in_out(node: onnx.NodeProto, g: GraphIndex) -> bool:
+    outputs = [name for name in node.output if name]
+    return (
+        len(outputs) == 1
+        and g.is_activation(node.input[0])
+        and g.is_activation(outputs[0])
+        and g.width[node.input[0]] == g.width[outputs[0]]
+        and all(name == "" or name in g.constants for name in node.input[1:])
+    )
+
+
+class ChannelwiseRule(Rule):
+    """A unary op that acts on each channel alone (activations, pooling, normalisation).
+
+    `params` are the input positions of per-channel constants, sliced with the channels:
+    with `vectors` they are 1-D of length C (BatchNormalization), otherwise they broadcast
+    against the activation (PRelu's slope). An op that maps zero to zero keeps the layout;
+    one that does not (Sigmoid, BN) first brings back every channel that is needed and
+    non-zero at its output.
+    """
+
+    frozen = False
+
+    def __init__(self, params: tuple[int, ...] = (), vectors: bool = False) -> None:
+        self.params = params
+        self.vectors = vectors
+
+    def _is_channel_param(self, value: np.ndarray, width: int, rank: int) -> bool:
+        if self.vectors:
+            return value.shape == (width,)
+        return per_channel(value, width, rank) is not None
+
+    def accepts(self, node: onnx.NodeProto, g: GraphIndex) -> bool:
+        if not _one_activation_in_out(node, g):
+            return False
+        rank = len(g.shapes[node.input[0]])
+        width = g.width[node.input[0]]
+        return all(
+            position >= len(node.input)
+            or node.input[position] == ""
+            or self._is_channel_param(g.constants[node.input[position]], width, rank)
+            for position in self.params
+        )
+
+    def zero_preserved(self, node: onnx.NodeProto, g: GraphIndex) -> np.ndarray:
+        """Per channel: whether an all-zero input channel gives an all-zero output channel."""
+        return np.ones(g.width[node.output[0]], bool)
+
+    def zeros(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks) -> None:
+        x, y = _single(node, g)
+        zero[y] = zero[x] & self.zero_preserved(node, g)
+
+    def needs(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, need: Masks) -> None:
+        x, y = _single(node, g)
+        need[x] |= need[y]
+
+    def emit(self, node: onnx.NodeProto, em: Emitter) -> None:
+        x, y = _single(node, em.g)
+        layout = em.layout(x)
+        if not self.zero_preserved(node, em.g).all():
+            live_out = np.flatnonzero(em.need[y] & ~em.zero[y])
+            layout = np.union1d(layout, live_out)
+        inputs = [em.remapped(x, layout)]
+        rank = len(em.g.shapes[x])
+        for position, name in enumerate(node.input[1:], start=1):
+            if position in self.params and name:
+                values = em.g.constants[name]
+                if self.vectors:
+                    inputs.append(em.constant(name, values[layout]))
+                else:
+                    inputs.append(em.channel_constant(name, values, layout, em.g.width[x], rank))
+            else:
+                inputs.append(em.src(name))
+        em.copy(node, inputs)
+        em.set(y, y, layout)
+
+
+class ZeroPreservingRule(ChannelwiseRule):
+    """Relu, pooling and friends: f(0) = 0 on every channel."""
+
+
+class NonZeroPreservingRule(ChannelwiseRule):
+    """Sigmoid, Softplus, Exp: an all-zero channel becomes a non-zero constant."""
+
+    def zero_preserved(self, node: onnx.NodeProto, g: GraphIndex) -> np.ndarray:
+        return np.zeros(g.width[node.output[0]], bool)
+
+
+class ClipRule(ChannelwiseRule):
+    def zero_preserved(self, node: onnx.NodeProto, g: GraphIndex) -> np.ndarray:
+        attrs = attributes(node)
+        low, high = attrs.get("min", -np.inf), attrs.get("max", np.inf)
+        if len(node.input) > 1 and node.input[1]:
+            low = float(g.constants[node.input[1]])
+        if len(node.input) > 2 and node.input[2]:
+            high = float(g.constants[node.input[2]])
+        return np.full(g.width[node.output[0]], low <= 0 <= high)
+
+
+class BatchNormRule(ChannelwiseRule):
+    def __init__(self) -> None:
+        super().__init__(params=(1, 2, 3, 4), vectors=True)
+
+    def accepts(self, node: onnx.NodeProto, g: GraphIndex) -> bool:
+        return len([o for o in node.output if o]) == 1 and super().accepts(node, g)
+
+    def zero_preserved(self, node: onnx.NodeProto, g: GraphIndex) -> np.ndarray:
+        scale, bias, mean, var = (g.constants[name].astype(np.float64) for name in node.input[1:5])
+        epsilon = float(attributes(node).get("epsilon", 1e-5))
+        return bias - scale * mean / np.sqrt(var + epsilon) == 0
+
+
+class PadRule(Rule):
+    """Pad with zeros. On the channel axis it only shifts indices (the CIFAR option-A shortcut)."""
+
+    frozen = False
+
+    def _pads(self, node: onnx.NodeProto, g: GraphIndex) -> np.ndarray | None:
+        rank = len(g.shapes[node.input[0]])
+        if len(node.input) < 2 or node.input[1] not in g.constants:
+            return None
+        pads = g.constants[node.input[1]].astype(np.int64)
+        if len(node.input) > 3 and node.input[3]:
+            if node.input[3] not in g.constants:
+                return None
+            full = np.zeros(2 * rank, np.int64)
+            for i, axis in enumerate(g.constants[node.input[3]].astype(np.int64) % rank):
+                full[axis], full[axis + rank] = pads[i], pads[i + len(pads) // 2]
+            pads = full
+        return pads
+
+    def accepts(self, node: onnx.NodeProto, g: GraphIndex) -> bool:
+        if not (g.is_activation(node.input[0]) and g.is_activation(node.output[0])):
+            return False
+        pads = self._pads(node, g)
+        mode = attributes(node).get("mode", b"constant")
+        value_zero = (
+            len(node.input) < 3
+            or not node.input[2]
+            or (node.input[2] in g.constants and float(g.constants[node.input[2]]) == 0.0)
+        )
+        if pads is None or (pads < 0).any():
+            return False
+        rank = len(pads) // 2
+        pads_channels = pads[1] != 0 or pads[1 + rank] != 0
+        return (
+            pads[0] == 0
+            and pads[rank] == 0
+            and ((mode == b"constant" and value_zero) or not pads_channels)
+        )
+
+    def _head(self, node: onnx.NodeProto, g: GraphIndex) -> int:
+        return int(self._pads(node, g)[1])
+
+    def zeros(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks) -> None:
+        x, y = _single(node, g)
+        out = np.ones(g.width[y], bool)
+        head = self._head(node, g)
+        out[head : head + g.width[x]] = zero[x]
+        zero[y] = out
+
+    def needs(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, need: Masks) -> None:
+        x, y = _single(node, g)
+        head = self._head(node, g)
+        need[x] |= need[y][head : head + g.width[x]]
+
+    def emit(self, node: onnx.NodeProto, em: Emitter) -> None:
+        x, y = _single(node, em.g)
+        pads = self._pads(node, em.g).copy()
+        rank = len(pads) // 2
+        head = int(pads[1])
+        pads[1] = pads[1 + rank] = 0
+        layout = em.layout(x) + head
+        if not pads.any():
+            em.set(y, em.src(x), layout)
+            return
+        inputs = [em.src(x), em.constant(f"{node.name}_pads", pads), *map(em.src, node.input[2:3])]
+        em.copy(node, inputs)
+        em.set(y, y, layout)
+
+
+class SliceRule(Rule):
+    """Slice. On the channel axis it selects a strided range of channels."""
+
+    frozen = False
+
+    def _params(self, node: onnx.NodeProto, g: GraphIndex) -> list[np.ndarray] | None:
+        names = list(node.input[1:5])
+        if len(names) < 2 or any(name and name not in g.constants for name in names):
+            return None
+        rank = len(g.shapes[node.input[0]])
+        starts, ends = (g.constants[n].astype(np.int64) for n in names[:2])
+        axes = (
+            g.constants[names[2]].astype(np.int64) % rank
+            if len(names) > 2 and names[2]
+            else np.arange(len(starts))
+        )
+        steps = (
+            g.constants[names[3]].astype(np.int64)
+            if len(names) > 3 and names[3]
+            else np.ones(len(starts), np.int64)
+        )
+        return [starts, ends, axes, steps]
+
+    def accepts(self, node: onnx.NodeProto, g: GraphIndex) -> bool:
+        if not (g.is_activation(node.input[0]) and g.is_activation(node.output[0])):
+            return False
+        params = self._params(node, g)
+        return params is not None and 0 not in params[2]
+
+    def source(self, node: onnx.NodeProto, g: GraphIndex) -> np.ndarray:
+        """For each output channel, the input channel it copies."""
+        starts, ends, axes, steps = self._params(node, g)
+        width = g.width[node.input[0]]
+        if 1 not in axes:
+            return np.arange(width)
+        i = int(np.flatnonzero(axes == 1)[0])
+        return np.arange(width)[slice(*slice(starts[i], ends[i], steps[i]).indices(width))]
+
+    def zeros(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks) -> None:
+        x, y = _single(node, g)
+        zero[y] = zero[x][self.source(node, g)]
+
+    def needs(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, need: Masks) -> None:
+        x, y = _single(node, g)
+        np.logical_or.at(need[x], self.source(node, g), need[y])
+
+    def emit(self, node: onnx.NodeProto, em: Emitter) -> None:
+        x, y = _single(node, em.g)
+        starts, ends, axes, steps = self._params(node, em.g)
+        source = self.source(node, em.g)
+        spatial = axes != 1
+        name = em.src(x)
+        if spatial.any():
+            parts = {"starts": starts, "ends": ends, "axes": axes, "steps": steps}
+            inputs = [
+                name,
+                *(em.constant(f"{node.name}_{part}", v[spatial]) for part, v in parts.items()),
+            ]
+            em.copy(node, inputs)
+            name = y
+        # Channel o of the output is input channel source[o]; keep those the input still has.
+        layout_in = em.layout(x)
+        present = np.isin(source, layout_in)
+        layout = np.flatnonzero(present)
+        em.set(y, name, layout_in)
+        em.set(y, em.remapped(y, source[present]), layout)
+
+
+class BinaryRule(Rule):
+    """Add, Sub, Mul and Div between activations of one width, or with a per-channel constant."""
+
+    frozen = False
+
+    def accepts(self, node: onnx.NodeProto, g: GraphIndex) -> bool:
+        y = node.output[0]
+        if not g.is_activation(y) or len(node.input) != 2:
+            return False
+        rank = len(g.shapes[y])
+        for position, name in enumerate(node.input):
+            if g.is_activation(name):
+                if g.width[name] != g.width[y] or len(g.shapes[name]) != rank:
+                    return False
+            elif name not in g.constants:
+                return False
+            elif per_channel(g.constants[name], g.width[y], rank) is None:
+                return False
+            elif node.op_type == "Div" and position == 1 and (g.constants[name] == 0).any():
+                return False
+            elif node.op_type == "Div" and position == 0:
+                return False
+        return True
+
+    def _operand_zero(self, name: str, y: str, g: GraphIndex, zero: Masks) -> np.ndarray:
+        if g.is_activation(name):
+            return zero[name]
+        return per_channel(g.constants[name], g.width[y], len(g.shapes[y])) == 0
+
+    def zeros(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks) -> None:
+        y = node.output[0]
+        operands = [self._operand_zero(name, y, g, zero) for name in node.input]
+        if node.op_type in {"Add", "Sub"}:
+            zero[y] = np.logical_and(*operands)
+        elif node.op_type == "Mul":
+            zero[y] = np.logical_or(*operands)
+        else:
+            zero[y] = operands[0]
+
+    def needs(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, need: Masks) -> None:
+        y = node.output[0]
+        for position, name in enumerate(node.input):
+            if not g.is_activation(name):
+                continue
+            if node.op_type == "Mul":
+                other = self._operand_zero(node.input[1 - position], y, g, zero)
+                need[name] |= need[y] & ~other
+            else:
+                need[name] |= need[y]
+
+    def emit(self, node: onnx.NodeProto, em: Emitter) -> None:
+        g, y = em.g, node.output[0]
+        activations = g.activation_inputs(node)
+        layouts = [em.layout(name) for name in activations]
+        if node.op_type in {"Add", "Sub"}:
+            # A missing channel is zero or unneeded: adding it changes nothing needed.
+            live = [name for name, layout in zip(activations, layouts, strict=True) if len(layout)]
+            if node.op_type == "Add" and len(live) == 1 and len(activations) == 2:
+                em.set(y, em.src(live[0]), em.layout(live[0]))
+                return
+            layout = np.unique(np.concatenate(layouts)) if layouts else np.arange(0)
+        else:
+            layout = layouts[0]
+            for other in layouts[1:]:
+                layout = np.intersect1d(layout, other)
+        rank = len(g.shapes[y])
+        inputs = [
+            em.remapped(name, layout)
+            if g.is_activation(name)
+            else em.channel_constant(name, g.constants[name], layout, g.width[y], rank)
+            for name in node.input
+        ]
+        em.copy(node, inputs)
+        em.set(y, y, layout)
+
+
+def _conv_groups(node: onnx.NodeProto) -> int:
+    return int(attributes(node).get("group", 1))
+
+
+class ConvRule(Rule):
+    """Conv with groups = 1 (dense) or groups = channels (depthwise).
+
+    The kept filters are the output channels that are needed and not zero; each is a
+    bit-identical copy of the original filter, restricted to the input channels kept.
+    """
+
+    frozen = False
+
+    def accepts(self, node: onnx.NodeProto, g: GraphIndex) -> bool:
+        x, y = node.input[0], node.output[0]
+        if not (g.is_activation(x) and g.is_activation(y)) or node.input[1] not in g.constants:
+            return False
+        if len(node.input) > 2 and node.input[2] and node.input[2] not in g.constants:
+            return False
+        groups = _conv_groups(node)
+        return groups == 1 or groups == g.width[x] == g.width[y]
+
+    def _weight(self, node: onnx.NodeProto, g: GraphIndex) -> np.ndarray:
+        return g.constants[node.input[1]]
+
+    def _bias_zero(self, node: onnx.NodeProto, g: GraphIndex) -> np.ndarray:
+        if len(node.input) > 2 and node.input[2]:
+            return g.constants[node.input[2]] == 0
+        return np.ones(g.width[node.output[0]], bool)
+
+    def _contributes(self, node: onnx.NodeProto, g: GraphIndex) -> np.ndarray:
+        """(out, in) booleans: whether filter o has any non-zero weight on input channel c."""
+        weight = self._weight(node, g)
+        nonzero = (weight != 0).reshape(weight.shape[0], weight.shape[1], -1).any(axis=2)
+        if _conv_groups(node) == 1:
+            return nonzero
+        return np.diag(nonzero[:, 0])
+
+    def zeros(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks) -> None:
+        x, y = node.input[0], node.output[0]
+        reads_live = (self._contributes(node, g) & ~zero[x][None, :]).any(axis=1)
+        zero[y] = self._bias_zero(node, g) & ~reads_live
+
+    def needs(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, need: Masks) -> None:
+        x, y = node.input[0], node.output[0]
+        need[x] |= (self._contributes(node, g) & need[y][:, None]).any(axis=0)
+
+    def emit(self, node: onnx.NodeProto, em: Emitter) -> None:
+        g, x, y = em.g, node.input[0], node.output[0]
+        rows = np.flatnonzero(em.need[y] & ~em.zero[y])
+        weight = self._weight(node, g)
+        depthwise = _conv_groups(node) != 1
+        if depthwise:
+            columns = np.arange(1)
+            source = em.remapped(x, rows)
+        else:
+            columns = em.layout(x)
+            if len(columns) == 0:
+                # Every input channel is zero: one zero channel keeps the Conv well-formed.
+                columns = np.arange(1)
+                source = em.remapped(x, columns)
+            else:
+                source = em.src(x)
+        inputs = [source, em.weight_slice(node, 1, weight, rows, columns)]
+        if len(node.input) > 2 and node.input[2]:
+            inputs.append(em.constant(node.input[2], g.constants[node.input[2]][rows]))
+        attrs = {"group": len(rows)} if depthwise else {}
+        em.copy(node, inputs, attrs)
+        em.set(y, y, rows)
+
+
+class GemmRule(Rule):
+    """Gemm or MatMul of a (N, F) activation with a constant weight."""
+
+    frozen = False
+
+    def accepts(self, node: onnx.NodeProto, g: GraphIndex) -> bool:
+        x, y = node.input[0], node.output[0]
+        if not (g.is_activation(x) and g.is_activation(y)) or len(g.shapes[x]) != 2:
+            return False
+        if node.input[1] not in g.constants or g.is_activation(node.input[1]):
+            return False
+        attrs = attributes(node)
+        if attrs.get("transA", 0):
+            return False
+        if len(node.input) > 2 and node.input[2]:
+            bias = g.constants.get(node.input[2])
+            if bias is None or per_channel(bias, g.width[y], 2) is None:
+                return False
+        return True
+
+    def _matrix(self, node: onnx.NodeProto, g: GraphIndex) -> np.ndarray:
+        """The weight as (out, in)."""
+        weight = g.constants[node.input[1]]
+        transposed = node.op_type == "Gemm" and attributes(node).get("transB", 0)
+        return weight if transposed else weight.T
+
+    def _bias(self, node: onnx.NodeProto, g: GraphIndex) -> np.ndarray:
+        width = g.width[node.output[0]]
+        if len(node.input) > 2 and node.input[2]:
+            return per_channel(g.constants[node.input[2]], width, 2)
+        return np.zeros(width)
+
+    def zeros(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks) -> None:
+        x, y = node.input[0], node.output[0]
+        matrix = self._matrix(node, g)
+        reads_live = ((matrix != 0) & ~zero[x][None, :]).any(axis=1)
+        zero[y] = (self._bias(node, g) == 0) & ~reads_live
+
+    def needs(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, need: Masks) -> None:
+        x, y = node.input[0], node.output[0]
+        need[x] |= ((self._matrix(node, g) != 0) & need[y][:, None]).any(axis=0)
+
+    def emit(self, node: onnx.NodeProto, em: Emitter) -> None:
+        g, x, y = em.g, node.input[0], node.output[0]
+        rows = np.flatnonzero(em.need[y] & ~em.zero[y])
+        columns = em.layout(x)
+        source = em.src(x)
+        if len(columns) == 0:
+            columns = np.arange(1)
+            source = em.remapped(x, columns)
+        weight = g.constants[node.input[1]]
+        transposed = node.op_type == "Gemm" and attributes(node).get("transB", 0)
+        axes = (rows, columns) if transposed else (columns, rows)
+        inputs = [source, em.weight_slice(node, 1, weight, *axes)]
+        if len(node.input) > 2 and node.input[2]:
+            bias = g.constants[node.input[2]]
+            inputs.append(em.channel_constant(node.input[2], bias, rows, g.width[y], 2))
+        em.copy(node, inputs)
+        em.set(y, y, rows)
+
+
+class FlattenRule(Rule):
+    """Flatten (or Reshape) of (N, C, H, W) into (N, C·H·W): channel c becomes a block."""
+
+    frozen = False
+
+    def accepts(self, node: onnx.NodeProto, g: GraphIndex) -> bool:
+        x, y = node.input[0], node.output[0]
+        if not (g.is_activation(x) and g.is_activation(y)):
+            return False
+        in_shape, out_shape = g.shapes[x], g.shapes[y]
+        if len(out_shape) != 2 or any(d is None for d in in_shape[1:]):
+            return False
+        if node.op_type == "Flatten" and attributes(node).get("axis", 1) != 1:
+            return False
+        return out_shape[1] == int(np.prod(in_shape[1:]))
+
+    def _block(self, node: onnx.NodeProto, g: GraphIndex) -> int:
+        return g.width[node.output[0]] // g.width[node.input[0]]
+
+    def zeros(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks) -> None:
+        zero[node.output[0]] = np.repeat(zero[node.input[0]], self._block(node, g))
+
+    def needs(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, need: Masks) -> None:
+        block = self._block(node, g)
+        need[node.input[0]] |= need[node.output[0]].reshape(-1, block).any(axis=1)
+
+    def emit(self, node: onnx.NodeProto, em: Emitter) -> None:
+        x, y = node.input[0], node.output[0]
+        block = self._block(node, em.g)
+        layout = em.layout(x)
+        if len(layout) == 0:
+            layout = np.arange(1)
+        inputs = [em.remapped(x, layout)]
+        if node.op_type == "Reshape":
+            inputs.append(em.constant(f"{node.name}_shape", np.array([0, -1], np.int64)))
+        em.copy(node, inputs, {"allowzero": 0} if node.op_type == "Reshape" else {})
+        em.set(y, y, (layout[:, None] * block + np.arange(block)).reshape(-1))
+
+
+ZERO_PRESERVING_OPS = (
+    "Relu LeakyRelu HardSwish Tanh Identity Neg Abs Erf Gelu Elu Selu Softsign Mish "
+    "MaxPool AveragePool GlobalAveragePool GlobalMaxPool LpPool Dropout"
+).split()
+NON_ZERO_PRESERVING_OPS = "Sigmoid HardSigmoid Softplus Exp Cos".split()
+
+RULES: dict[str, Rule] = {
+    **{op: ZeroPreservingRule() for op in ZERO_PRESERVING_OPS},
+    **{op: NonZeroPreservingRule() for op in NON_ZERO_PRESERVING_OPS},
+    "PRelu": ZeroPreservingRule(params=(1,)),
+    "Clip": ClipRule(),
+    "BatchNormalization": BatchNormRule(),
+    "InstanceNormalization": NonZeroPreservingRule(params=(1, 2), vectors=True),
+    "Pad": PadRule(),
+    "Slice": SliceRule(),
+    "Add": BinaryRule(),
+    "Sub": BinaryRule(),
+    "Mul": BinaryRule(),
+    "Div": BinaryRule(),
+    "Conv": ConvRule(),
+    "Gemm": GemmRule(),
+    "MatMul": GemmRule(),
+    "Flatten": FlattenRule(),
+    "Reshape": FlattenRule(),
+}
+
+
+def rule_for(node: onnx.NodeProto, g: GraphIndex) -> Rule:
+    rule = RULES.get(node.op_type, FROZEN)
+    return rule if rule.accepts(node, g) else FROZEN

@@ -1,0 +1,177 @@
+"""Load an ONNX model and normalise it so that every later stage sees one clean form."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+from onnx import numpy_helper, shape_inference
+from onnxscript import rewriter
+from onnxscript.optimizer import _constant_folding
+from onnxscript.rewriter.rules.common import _fuse_batchnorm
+
+from chainx.errors import ChainxError
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_model(path: Path) -> onnx.ModelProto:
+    """Read and check a model file; external data is read from the model's folder."""
+    if not path.is_file():
+        raise ChainxError(f"{path}: no such model file. Give the path of an .onnx file.")
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as exc:  # onnx raises several unrelated types for a bad file
+        raise ChainxError(
+            f"{path}: not a valid ONNX model ({type(exc).__name__}: {exc}). "
+            "Export the model again, or check that the file is complete."
+        ) from None
+    return model
+
+
+def _name_unnamed_nodes(graph: onnx.GraphProto) -> None:
+    taken = {node.name for node in graph.node if node.name}
+    for index, node in enumerate(graph.node):
+        if node.name:
+            continue
+        name = f"{node.op_type}_{index}"
+        while name in taken:
+            name += "_"
+        node.name = name
+        taken.add(name)
+
+
+def _explicit_auto_pad(model: onnx.ModelProto) -> None:
+    """Rewrite auto_pad=SAME_* into explicit pads, which onnx2torch can convert."""
+    shapes = _static_shapes(model)
+    for node in model.graph.node:
+        if node.op_type not in {"Conv", "MaxPool", "AveragePool"}:
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        mode = attrs["auto_pad"].s.decode() if "auto_pad" in attrs else "NOTSET"
+        if mode in {"NOTSET", "VALID"}:
+            if mode == "VALID":
+                node.attribute.remove(attrs["auto_pad"])
+            continue
+        in_shape = shapes.get(node.input[0])
+        if in_shape is None or any(d is None for d in in_shape[2:]):
+            raise ChainxError(
+                f"node {node.name!r} ({node.op_type}) uses auto_pad={mode} on an input of "
+                "unknown spatial size. Export the model with a fixed input size."
+            )
+        kernel = list(attrs["kernel_shape"].ints) if "kernel_shape" in attrs else None
+        if kernel is None:
+            weight = _initializer(model, node.input[1])
+            kernel = list(weight.shape[2:])
+        rank = len(kernel)
+        strides = list(attrs["strides"].ints) if "strides" in attrs else [1] * rank
+        dilations = list(attrs["dilations"].ints) if "dilations" in attrs else [1] * rank
+        begins, ends = [], []
+        for size, k, s, d in zip(in_shape[2:], kernel, strides, dilations, strict=True):
+            out = -(-size // s)
+            total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+            small, large = total // 2, total - total // 2
+            begins.append(small if mode == "SAME_UPPER" else large)
+            ends.append(large if mode == "SAME_UPPER" else small)
+        node.attribute.remove(attrs["auto_pad"])
+        if "pads" in attrs:
+            node.attribute.remove(attrs["pads"])
+        node.attribute.append(onnx.helper.make_attribute("pads", begins + ends))
+        if "kernel_shape" not in attrs:
+            node.attribute.append(onnx.helper.make_attribute("kernel_shape", kernel))
+
+
+def _initializer(model: onnx.ModelProto, name: str) -> np.ndarray:
+    for init in model.graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    raise ChainxError(f"{name!r} is not a constant weight; chainx needs constant Conv weights.")
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    inferred = shape_inference.infer_shapes(model)
+    shapes: dict[str, list[int | None]] = {}
+    graph = inferred.graph
+    for info in [*graph.input, *graph.value_info, *graph.output]:
+        tensor = info.type.tensor_type
+        if tensor.HasField("shape"):
+            shapes[info.name] = [
+                d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim
+            ]
+    return shapes
+
+
+def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold constants, drop Identity nodes, make padding explicit and infer every shape."""
+    graph_inputs = [i for i in model.graph.input if i.name not in _initializer_names(model)]
+    if len(graph_inputs) != 1 or len(model.graph.output) != 1:
+        raise ChainxError(
+            f"the model has {len(graph_inputs)} inputs and {len(model.graph.output)} outputs; "
+            "chainx needs an image classifier with one input and one output."
+        )
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    # Initializers listed as graph inputs are overridable; as plain constants they fold.
+    names = _initializer_names(model)
+    kept_inputs = [i for i in model.graph.input if i.name not in names]
+    del model.graph.input[:]
+    model.graph.input.extend(kept_inputs)
+    try:
+        model = _optimize(model)
+    except Exception as exc:
+        raise ChainxError(
+            f"the model could not be normalised ({type(exc).__name__}: {exc}). "
+            "Re-export it with a recent exporter."
+        ) from None
+    _explicit_auto_pad(model)
+    _name_unnamed_nodes(model.graph)
+    return shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+
+
+def _initializer_names(model: onnx.ModelProto) -> set[str]:
+    return {init.name for init in model.graph.initializer}
+
+
+def _optimize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxscript's optimizer without BatchNorm fusion.
+
+    Fusing BN would rewrite the Conv weights, and the chain must hold exact copies of the
+    user's filters. ConstantOfShape of a constant shape is folded too: exporters build pad
+    sizes with it, and the channel analysis needs them as constants.
+    """
+    fused = set(_fuse_batchnorm.rules.rules)
+    rules = [rule for rule in rewriter._DEFAULT_REWRITE_RULES if rule not in fused]
+    ir_model = ir.serde.deserialize_model(model)
+    passes = ir.passes.Sequential(
+        common_passes.InlinePass(),
+        ir.passes.PassManager(
+            [
+                _constant_folding.FoldConstantsPass(
+                    shape_inference=True,
+                    input_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
+                    output_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT,
+                    should_fold=lambda node: True if node.op_type == "ConstantOfShape" else None,
+                ),
+                rewriter.RewritePass(rules),
+                common_passes.RemoveUnusedNodesPass(),
+            ],
+            steps=2,
+            early_stop=True,
+        ),
+        common_passes.RemoveUnusedNodesPass(),
+        common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        common_passes.DeduplicateInitializersPass(),
+        common_passes.NameFixPass(),
+    )
+    passes(ir_model)
+    return ir.serde.serialize_model(ir_model)

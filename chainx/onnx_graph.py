@@ -1,0 +1,99 @@
+"""A read-only index over an ONNX graph: producers, consumers, constants and activations."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+@dataclass
+class GraphIndex:
+    """What the channel passes need to know about a normalised, shape-inferred model.
+
+    An *activation* is a tensor computed from the model input with rank ≥ 2 and a static
+    size on axis 1, its channel (or feature) axis. `width` maps each activation to that size.
+    """
+
+    model: onnx.ModelProto
+    nodes: list[onnx.NodeProto]
+    producer: dict[str, onnx.NodeProto]
+    consumers: dict[str, list[onnx.NodeProto]]
+    constants: dict[str, np.ndarray]
+    shapes: dict[str, list[int | None]]
+    width: dict[str, int]
+    input_name: str
+    output_names: list[str]
+
+    @classmethod
+    def build(cls, model: onnx.ModelProto) -> GraphIndex:
+        graph = model.graph
+        constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+        for node in graph.node:
+            if node.op_type == "Constant" and node.output:
+                value = next((a for a in node.attribute if a.name == "value"), None)
+                if value is not None:
+                    constants[node.output[0]] = numpy_helper.to_array(value.t)
+        shapes: dict[str, list[int | None]] = {}
+        for info in [*graph.input, *graph.value_info, *graph.output]:
+            tensor = info.type.tensor_type
+            if tensor.HasField("shape"):
+                shapes[info.name] = [
+                    d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim
+                ]
+        input_name = next(i.name for i in graph.input if i.name not in constants)
+        producer: dict[str, onnx.NodeProto] = {}
+        consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        dynamic = {input_name}
+        for node in graph.node:
+            for name in node.input:
+                if name:
+                    consumers[name].append(node)
+            for name in node.output:
+                producer[name] = node
+            if any(name in dynamic for name in node.input):
+                dynamic.update(name for name in node.output if name)
+        width = {}
+        for name in dynamic:
+            shape = shapes.get(name)
+            if shape is not None and len(shape) >= 2 and shape[1] is not None:
+                width[name] = shape[1]
+        return cls(
+            model=model,
+            nodes=list(graph.node),
+            producer=producer,
+            consumers=dict(consumers),
+            constants=constants,
+            shapes=shapes,
+            width=width,
+            input_name=input_name,
+            output_names=[o.name for o in graph.output],
+        )
+
+    def is_activation(self, name: str) -> bool:
+        return name in self.width
+
+    def activation_inputs(self, node: onnx.NodeProto) -> list[str]:
+        return [name for name in node.input if name in self.width]
+
+
+def attributes(node: onnx.NodeProto) -> dict[str, object]:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def per_channel(value: np.ndarray, width: int, rank: int) -> np.ndarray | None:
+    """The per-channel values of a constant that broadcasts against a (N, C, …) activation.
+
+    None when the constant varies along any axis other than the channel axis.
+    """
+    if value.ndim > rank:
+        return None
+    shape = (1,) * (rank - value.ndim) + value.shape
+    if any(size != 1 for axis, size in enumerate(shape) if axis != 1):
+        return None
+    if shape[1] not in (1, width):
+        return None
+    return np.broadcast_to(value.reshape(-1), (width,)).astype(np.float64)

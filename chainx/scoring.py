@@ -1,0 +1,112 @@
+"""The torch scoring model: the frozen network with one multiplier per filter.
+
+Each filter's multiplier is its score times its layer's sigmoid gate. The multipliers enter
+the converted network as extra inputs, at the Mul nodes that `score_points` inserts, so the
+torch model and the exported ONNX chain compute the very same graph.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from chainx.errors import ChainxError
+from chainx.score_points import ScorePoint, scored_model
+
+OUTPUT_KINDS = ("logits", "probabilities", "log-probabilities")
+
+# onnx2torch's Slice indexes with a list; torch warns on every call.
+warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)
+
+
+def output_kind(model: onnx.ModelProto) -> str:
+    """What the model's output holds, judged by the op that produces it."""
+    producer = {name: node for node in model.graph.node for name in node.output}
+    node = producer.get(model.graph.output[0].name)
+    if node is not None and node.op_type == "Softmax":
+        return "probabilities"
+    if node is not None and node.op_type == "LogSoftmax":
+        return "log-probabilities"
+    return "logits"
+
+
+def log_probabilities(output: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "probabilities":
+        return output.clamp_min(1e-12).log()
+    if kind == "log-probabilities":
+        return output
+    return torch.log_softmax(output, dim=-1)
+
+
+def convert(model: onnx.ModelProto) -> nn.Module:
+    import onnx2torch  # imports torchvision: slow, so only where torch work starts
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = onnx2torch.convert(model)
+    except Exception as exc:
+        raise ChainxError(
+            f"onnx2torch cannot convert the model ({type(exc).__name__}: {exc}). "
+            "chainx needs every op of the model to be convertible to torch."
+        ) from None
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return module.eval()
+
+
+class ScoringModel(nn.Module):
+    """The original network, frozen, with learnable per-filter scores and per-layer gates."""
+
+    def __init__(
+        self, model: onnx.ModelProto, points: list[ScorePoint], gate_init: float = 3.0
+    ) -> None:
+        super().__init__()
+        self.points = points
+        self.net = convert(scored_model(model, points))
+        for buffer in self.net.buffers():
+            buffer.requires_grad_(False)
+        self.scores = nn.ParameterList(
+            [nn.Parameter(torch.ones(point.channels)) for point in points]
+        )
+        self.gates = nn.Parameter(torch.full((len(points),), gate_init))
+        self.masks = [torch.ones(point.channels, dtype=torch.bool) for point in points]
+
+    def multipliers(self) -> list[torch.Tensor]:
+        gates = torch.sigmoid(self.gates)
+        return [
+            score * gates[i] * mask.to(score.dtype)
+            for i, (score, mask) in enumerate(zip(self.scores, self.masks, strict=True))
+        ]
+
+    def run(self, x: torch.Tensor, multipliers: list[torch.Tensor]) -> torch.Tensor:
+        shaped = [
+            m.reshape(1, -1, *([1] * (point.rank - 2)))
+            for m, point in zip(multipliers, self.points, strict=True)
+        ]
+        return self.net(x, *shaped)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x, self.multipliers())
+
+    def unscored(self, x: torch.Tensor) -> torch.Tensor:
+        """The original network's output: every multiplier is exactly 1."""
+        ones = [torch.ones(point.channels, device=x.device) for point in self.points]
+        return self.run(x, ones)
+
+
+def masked_outputs(
+    model: onnx.ModelProto,
+    points: list[ScorePoint],
+    multipliers: dict[str, np.ndarray],
+    images: np.ndarray,
+) -> np.ndarray:
+    """The masked torch scoring model's output for fixed multipliers, on the CPU."""
+    scoring = ScoringModel(model, points)
+    values = [torch.from_numpy(np.asarray(multipliers[p.conv], np.float32)) for p in points]
+    with torch.no_grad():
+        return scoring.run(torch.from_numpy(images), values).numpy()

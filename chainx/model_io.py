@@ -135,7 +135,72 @@ def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
         ) from None
     _explicit_auto_pad(model)
     _name_unnamed_nodes(model.graph)
-    return shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    model = shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    _complete_shapes(model)
+    return model
+
+
+def _complete_shapes(model: onnx.ModelProto) -> None:
+    """Fill in the non-batch dims that shape inference left unknown, by running the model.
+
+    Exporters compute some shapes at run time (e.g. a flatten that reads the batch size),
+    and the channel analysis needs every channel count.
+    """
+    graph = model.graph
+    model_input = graph.input[0].type.tensor_type.shape.dim
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in model_input]
+    if any(d is None for d in dims[1:]):
+        return
+    infos = {info.name: info for info in [*graph.value_info, *graph.output]}
+    known = set(infos)
+    for node in graph.node:
+        for name in node.output:
+            if name and name not in known:
+                info = graph.value_info.add()
+                info.name = name
+                infos[name] = info
+    unknown = [
+        name
+        for name, info in infos.items()
+        if not info.type.tensor_type.HasField("shape")
+        or any(not d.HasField("dim_value") for d in info.type.tensor_type.shape.dim[1:])
+    ]
+    if not unknown:
+        return
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in unknown)
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        sess = ort.InferenceSession(
+            probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        feed = np.zeros([1, *dims[1:]], np.float32)
+        values = sess.run(None, {graph.input[0].name: feed})
+    except Exception:  # the analysis then freezes what it cannot size
+        return
+    for name, value in zip(unknown, values, strict=True):
+        tensor = infos[name].type.tensor_type
+        if not isinstance(value, np.ndarray) or value.ndim < 2:
+            continue
+        if not tensor.elem_type:
+            tensor.elem_type = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+        shape = tensor.shape
+        old = list(shape.dim)
+        del shape.dim[:]
+        for axis, size in enumerate(value.shape):
+            dim = shape.dim.add()
+            if axis == 0 and old and not old[0].HasField("dim_value"):
+                dim.CopyFrom(old[0])
+            elif axis == 0 and not old:
+                dim.dim_param = "batch"
+            else:
+                dim.dim_value = size
 
 
 def _initializer_names(model: onnx.ModelProto) -> set[str]:

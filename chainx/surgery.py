@@ -157,10 +157,10 @@ class Emitter:
             pads = np.zeros(2 * rank, np.int64)
             if contiguous:
                 pads[1], pads[1 + rank] = head, len(target) - head - len(layout)
-                return self._node("Pad", [source, self.constant(f"{base}_pads", pads)], base)
+                return self.node("Pad", [source, self.constant(f"{base}_pads", pads)], base)
             pads[1 + rank] = 1
-            source = self._node("Pad", [source, self.constant(f"{base}_pads", pads)], base)
-        return self._node("Gather", [source, self.constant(f"{base}_index", indices)], base, axis=1)
+            source = self.node("Pad", [source, self.constant(f"{base}_pads", pads)], base)
+        return self.node("Gather", [source, self.constant(f"{base}_index", indices)], base, axis=1)
 
     def _zeros(self, tensor: str, channels: int) -> str:
         shape = list(self.g.shapes[tensor])
@@ -168,18 +168,22 @@ class Emitter:
         base = f"{tensor}_chainx_zeros"
         if all(d is not None for d in shape):
             return self.constant(base, np.zeros(shape, np.float32))
-        batch = self._node("Shape", [self.g.input_name], base, start=0, end=1)
+        batch = self.node("Shape", [self.g.input_name], base, start=0, end=1)
         rest = self.constant(f"{base}_shape", np.array(shape[1:], np.int64))
-        full = self._node("Concat", [batch, rest], base, axis=0)
-        return self._node(
+        full = self.node("Concat", [batch, rest], base, axis=0)
+        return self.node(
             "ConstantOfShape",
             [full],
             base,
             value=numpy_helper.from_array(np.zeros(1, np.float32)),
         )
 
-    def _node(self, op_type: str, inputs: list[str], base: str, **attrs: object) -> str:
-        output = self.fresh(f"{base}_{op_type.lower()}")
+    def node(
+        self, op_type: str, inputs: list[str], base: str, output: str = "", **attrs: object
+    ) -> str:
+        """Add a node of chainx's own; returns its output's name."""
+        output = output or self.fresh(f"{base}_{op_type.lower()}")
+        self._names.setdefault(output, output)
         self.nodes.append(
             helper.make_node(
                 op_type, inputs, [output], name=self.fresh(f"chainx/{output}"), **attrs

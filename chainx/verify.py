@@ -1,0 +1,196 @@
+"""Checks of an exported chain in onnxruntime: exactness, exact copies, fidelity and cost."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+from chainx.surgery import WeightSlice
+
+EXACTNESS_TOLERANCE = 1e-4
+
+
+def providers() -> list[str]:
+    # Asking for CUDA where it cannot load makes onnxruntime log errors.
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    except ImportError:
+        cuda = False
+    available = ort.get_available_providers()
+    if cuda and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def session(
+    model: onnx.ModelProto | Path, optimised: bool = False, cpu: bool = False
+) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if not optimised:
+        # With fusions off a difference in the graph cannot hide behind a rewrite.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    chosen = ["CPUExecutionProvider"] if cpu else providers()
+    return ort.InferenceSession(source, options, providers=chosen)
+
+
+def run(sess: ort.InferenceSession, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    name = sess.get_inputs()[0].name
+    fixed = sess.get_inputs()[0].shape[0]
+    step = fixed if isinstance(fixed, int) else batch_size
+    outputs = [sess.run(None, {name: images[i : i + step]})[0] for i in range(0, len(images), step)]
+    return np.concatenate(outputs).reshape(len(images), -1)
+
+
+@dataclass
+class Exactness:
+    max_abs_diff: float
+    max_abs_output: float
+    tolerance: float
+    passed: bool
+
+
+def check_exactness(chain_output: np.ndarray, expected: np.ndarray) -> Exactness:
+    """max |Δ| ≤ 1e-4 · max |output| between the chain and the masked scoring model."""
+    diff = float(np.abs(chain_output.astype(np.float64) - expected).max())
+    scale = float(np.abs(expected).max())
+    tolerance = EXACTNESS_TOLERANCE * scale
+    return Exactness(diff, scale, tolerance, bool(diff <= tolerance))
+
+
+def _constant(model: onnx.ModelProto, name: str) -> np.ndarray | None:
+    """A constant by name, looking through Identity nodes and Constant ops."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    for _ in range(len(model.graph.node) + 1):
+        for init in model.graph.initializer:
+            if init.name == name:
+                return numpy_helper.to_array(init, base_dir="")
+        node = producers.get(name)
+        if node is None:
+            return None
+        if node.op_type == "Constant":
+            value = next((a for a in node.attribute if a.name == "value"), None)
+            return None if value is None else numpy_helper.to_array(value.t)
+        if node.op_type != "Identity":
+            return None
+        name = node.input[0]
+    return None
+
+
+@dataclass
+class CopyCheck:
+    checked: int
+    mismatched: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.mismatched
+
+
+def check_exact_copies(
+    chain: onnx.ModelProto, original: onnx.ModelProto, slices: list[WeightSlice]
+) -> CopyCheck:
+    """Every Conv and Gemm weight in the chain equals a slice of the original, bit for bit."""
+    recorded = {s.node: s for s in slices}
+    original_nodes = {node.name: node for node in original.graph.node}
+    mismatched: list[str] = []
+    checked = 0
+    for node in chain.graph.node:
+        if node.op_type not in {"Conv", "Gemm", "MatMul"}:
+            continue
+        checked += 1
+        source = original_nodes.get(node.name)
+        weight = _constant(chain, node.input[1])
+        entry = recorded.get(node.name)
+        if source is None or weight is None:
+            mismatched.append(f"{node.name}: no source node of that name in the original")
+            continue
+        reference = _constant(original, source.input[1])
+        if reference is None:
+            mismatched.append(f"{node.name}: its original weight is not a constant")
+            continue
+        if entry is not None:
+            index = [np.asarray(a, np.int64) for a in entry.axes]
+            index += [np.arange(n) for n in reference.shape[len(index) :]]
+            reference = reference[np.ix_(*index)]
+        same = (
+            weight.shape == reference.shape
+            and weight.dtype == reference.dtype
+            and weight.tobytes() == reference.tobytes()
+        )
+        if not same:
+            mismatched.append(f"{node.name}: weight differs from its source slice")
+    return CopyCheck(checked, mismatched)
+
+
+def _log_softmax(values: np.ndarray, kind: str) -> np.ndarray:
+    values = values.astype(np.float64)
+    if kind == "probabilities":
+        return np.log(np.clip(values, 1e-12, None))
+    if kind == "log-probabilities":
+        return values
+    shifted = values - values.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+@dataclass
+class Fidelity:
+    images: int
+    agree: int
+    agreement: float
+    class_agree: int
+    class_agreement: float
+    mean_kl: float
+
+
+def fidelity(
+    chain_output: np.ndarray, original_output: np.ndarray, kind: str, classes: list[int]
+) -> Fidelity:
+    """Top-1 agreement and mean KL(original ‖ chain); also agreement over `classes` only."""
+    log_p = _log_softmax(original_output, kind)
+    log_q = _log_softmax(chain_output, kind)
+    kl = float((np.exp(log_p) * (log_p - log_q)).sum(axis=1).mean())
+    agree = int((log_p.argmax(1) == log_q.argmax(1)).sum())
+    restricted = np.asarray(classes)
+    class_agree = int(
+        (
+            restricted[log_p[:, restricted].argmax(1)] == restricted[log_q[:, restricted].argmax(1)]
+        ).sum()
+    )
+    count = len(original_output)
+    return Fidelity(count, agree, agree / count, class_agree, class_agree / count, kl)
+
+
+@dataclass
+class ModelCost:
+    parameters: int
+    file_bytes: int
+    latency_ms: float
+
+
+def model_cost(path: Path, image: np.ndarray, repeats: int = 20) -> ModelCost:
+    model = onnx.load(str(path))
+    parameters = int(sum(np.prod(init.dims) for init in model.graph.initializer))
+    sess = session(path, optimised=True, cpu=True)
+    name = sess.get_inputs()[0].name
+    sess.run(None, {name: image})
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        sess.run(None, {name: image})
+        timings.append(time.perf_counter() - started)
+    return ModelCost(parameters, path.stat().st_size, 1000 * float(np.median(timings)))
+
+
+def as_json(value: Any) -> dict[str, Any]:
+    return asdict(value)

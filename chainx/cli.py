@@ -1,0 +1,247 @@
+"""The chainx command line: thin commands over the pipeline, inputs checked at the edge."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from chainx import __version__
+from chainx.errors import ChainxError, VerificationError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Extract the local inference chain of a network as a standalone ONNX sub-network.",
+)
+console = Console(stderr=True, highlight=False)
+out_console = Console(highlight=False)
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _floats(option: str, text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ChainxError(
+            f"{option} {text!r}: give comma-separated numbers, e.g. 0.5,0.5,0.5."
+        ) from None
+
+
+def _fail(error: Exception) -> None:
+    console.print(f"[bold red]error:[/] {error}")
+    raise typer.Exit(getattr(error, "exit_code", 1))
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", is_eager=True)
+    ] = False,
+) -> None:
+    if version:
+        out_console.print(f"chainx {__version__}")
+        raise typer.Exit(0)
+
+
+ExistingFile = typer.Argument(exists=True, file_okay=True, dir_okay=False, readable=True)
+ExistingDir = typer.Argument(exists=True, file_okay=False, dir_okay=True, readable=True)
+
+
+@app.command()
+def extract(
+    model: Annotated[Path, ExistingFile],
+    images: Annotated[Path, ExistingDir],
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder [default: <model stem>.chain/]")
+    ] = None,
+    holdout: Annotated[
+        Path | None,
+        typer.Option(exists=True, file_okay=False, help="Unseen images of the same region."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed; the CPU result is reproducible.")] = 0,
+    device: Annotated[Device, typer.Option(help="Where scores are optimised.")] = Device.auto,
+    size: Annotated[
+        int | None, typer.Option(min=1, help="Crop size [default: the model's input size].")
+    ] = None,
+    resize: Annotated[
+        int | None, typer.Option(min=1, help="Short side before the crop [default: size×8/7].")
+    ] = None,
+    mean: Annotated[
+        str | None, typer.Option(help="Per-channel mean, e.g. 0.485,0.456,0.406.")
+    ] = None,
+    std: Annotated[
+        str | None, typer.Option(help="Per-channel std, e.g. 0.229,0.224,0.225.")
+    ] = None,
+    lam: Annotated[float, typer.Option(min=0.0, help="λ of the L1 term on the scores.")] = 300.0,
+    steps: Annotated[int, typer.Option(min=1, help="Sparsification steps (at most).")] = 300,
+    finetune_steps: Annotated[
+        int, typer.Option(min=0, help="Fine-tuning steps of the kept scores.")
+    ] = 100,
+    tau: Annotated[float, typer.Option(min=0.0, help="Score threshold τ.")] = 0.02,
+    keep_ratio: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Keep this fraction of filters instead of τ."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Write into a non-empty foreign folder.")] = False,
+) -> None:
+    """Extract the inference chain of MODEL on the region IMAGES."""
+    from chainx.extract import ExtractOptions, Listener
+    from chainx.extract import extract as run_extract
+    from chainx.optimise import OptimiseSettings
+
+    try:
+        options = ExtractOptions(
+            model=model,
+            images=images,
+            out=out or Path(f"{model.stem}.chain"),
+            holdout=holdout,
+            size=size,
+            resize=resize,
+            mean=_floats("--mean", mean),
+            std=_floats("--std", std),
+            force=force,
+            optimise=OptimiseSettings(
+                lam=lam,
+                steps=steps,
+                finetune_steps=finetune_steps,
+                tau=tau,
+                keep_ratio=keep_ratio,
+                seed=seed,
+                device=device.value,
+            ),
+        )
+        with _progress() as progress:
+            tasks: dict[str, int] = {}
+
+            def on_step(report: object) -> None:
+                phase = report.phase
+                if phase not in tasks:
+                    tasks[phase] = progress.add_task(phase, total=report.total, stats="")
+                progress.update(
+                    tasks[phase],
+                    completed=report.step,
+                    stats=f"loss {report.loss:.4f}  KL {report.kl:.4f}  "
+                    f"kept {report.kept:,}  agree {report.agreement:.0%}",
+                )
+
+            result = run_extract(options, Listener(message=console.print, step=on_step))
+    except (ChainxError, VerificationError) as error:
+        _fail(error)
+    _print_summary(result.data)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description:>9}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[stats]}"),
+        console=console,
+    )
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _fidelity_line(name: str, entry: dict | None) -> str:
+    if entry is None:
+        return f"{name}: not measured (no --holdout)"
+    return (
+        f"{name}: top-1 agreement {entry['agree']}/{entry['images']} "
+        f"({_percent(entry['agreement'])}), within the region's classes "
+        f"{entry['class_agree']}/{entry['images']}, mean KL {entry['mean_kl']:.4f}"
+    )
+
+
+def _print_summary(data: dict) -> None:
+    summary, metrics = data["summary"], data["metrics"]
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_row("layers kept", f"{summary['layers_kept']}/{summary['layers_total']}")
+    table.add_row(
+        "filters kept",
+        f"{summary['filters_kept']:,}/{summary['filters_total']:,} "
+        f"({_percent(summary['filters_kept'] / summary['filters_total'])}; "
+        f"{_percent(summary['filters_removed_fraction'])} removed)",
+    )
+    table.add_row("fidelity", _fidelity_line("region", metrics["region"]))
+    table.add_row("", _fidelity_line("holdout", metrics["holdout"]))
+    exact = metrics["exactness"]
+    copies = metrics["exact_copies"]
+    status = "passed" if exact["passed"] and not copies["mismatched"] else "FAILED"
+    table.add_row(
+        "verification",
+        f"{status}: max |Δ| {exact['max_abs_diff']:.2e} (tolerance {exact['tolerance']:.2e}), "
+        f"{copies['checked']} weights checked bit for bit",
+    )
+    cost = metrics.get("cost")
+    if cost:
+        original, chain = cost["original"], cost["chain"]
+        table.add_row(
+            "cost",
+            f"parameters {chain['parameters']:,} vs {original['parameters']:,}, "
+            f"file {chain['file_bytes']:,} B vs {original['file_bytes']:,} B, "
+            f"latency {chain['latency_ms']:.2f} ms vs {original['latency_ms']:.2f} ms",
+        )
+    frozen = data.get("frozen_ops") or []
+    if frozen:
+        names = ", ".join(f"{f['node']} ({f['op_type']})" for f in frozen[:5])
+        table.add_row("frozen ops", f"{len(frozen)} kept whole: {names}")
+    for name, path in data.get("files", {}).items():
+        table.add_row("output" if name == "chain.onnx" else "", path)
+    out_console.print(table)
+
+
+@app.command()
+def verify(
+    target: Annotated[
+        Path, typer.Argument(exists=True, help="A chainx output folder, or chain.onnx.")
+    ],
+    model: Annotated[
+        Path | None, typer.Argument(help="The source model (with chain.onnx).")
+    ] = None,
+    images: Annotated[Path | None, typer.Argument(help="Region images (with chain.onnx).")] = None,
+    holdout: Annotated[
+        Path | None, typer.Option(exists=True, file_okay=False, help="Unseen images.")
+    ] = None,
+) -> None:
+    """Verify a chain against its source model in onnxruntime.
+
+    Give an output folder of `chainx extract`, or chain.onnx with the model and images.
+    """
+    from chainx.check_chain import ChainSources, verify_saved_chain
+
+    try:
+        sources = ChainSources.resolve(target, model, images, holdout)
+        data = verify_saved_chain(sources)
+    except (ChainxError, VerificationError) as error:
+        _fail(error)
+    _print_summary(data)
+    if not data["passed"]:
+        console.print("[bold red]verification failed[/]")
+        raise typer.Exit(1)
+
+
+def run() -> None:
+    """Entry point that never shows a traceback for an unexpected failure."""
+    try:
+        app()
+    except Exception as error:  # an internal failure: say so plainly, exit 1
+        console.print(f"[bold red]internal error:[/] {type(error).__name__}: {error}")
+        sys.exit(1)

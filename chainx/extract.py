@@ -1,0 +1,241 @@
+"""The extract pipeline: ONNX in → scores → chain.onnx → verification → diagram and report."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from chainx import __version__
+from chainx.diagram import write_chain_diagram
+from chainx.errors import VerificationError
+from chainx.export import export_chain
+from chainx.images import ImageSet, Preprocessing, load_images, make_preprocessing
+from chainx.layers import display_names, layer_edges
+from chainx.model_io import load_model, normalise, sha256_file
+from chainx.onnx_graph import GraphIndex
+from chainx.optimise import OptimiseSettings, StepReport, optimise, resolve_device
+from chainx.outputs import check_output_dir, write_atomic
+from chainx.result import LayerGraph, LayerResult
+from chainx.score_points import find_score_points
+from chainx.verify import (
+    Fidelity,
+    check_exact_copies,
+    check_exactness,
+    fidelity,
+    model_cost,
+    run,
+    session,
+)
+
+
+@dataclass
+class ExtractOptions:
+    model: Path
+    images: Path
+    out: Path
+    holdout: Path | None = None
+    size: int | None = None
+    resize: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    force: bool = False
+    optimise: OptimiseSettings = field(default_factory=OptimiseSettings)
+
+
+@dataclass
+class Listener:
+    """How the pipeline talks to its caller (the CLI draws a progress bar from these)."""
+
+    message: Callable[[str], None] = lambda text: None
+    step: Callable[[StepReport], None] = lambda report: None
+
+
+@dataclass
+class ExtractReport:
+    out: Path
+    summary: dict[str, Any]
+    files: dict[str, str]
+    data: dict[str, Any]
+
+
+def _fidelity(
+    chain: onnx.ModelProto,
+    original: Path,
+    images: ImageSet,
+    kind: str,
+    classes: list[int] | None = None,
+) -> tuple[Fidelity, list[int]]:
+    original_out = run(session(original), images.array)
+    chain_out = run(session(chain), images.array)
+    if classes is None:
+        classes = sorted({int(c) for c in original_out.argmax(1)})
+    return fidelity(chain_out, original_out, kind, classes), classes
+
+
+def extract(options: ExtractOptions, listener: Listener | None = None) -> ExtractReport:
+    from chainx.scoring import ScoringModel, output_kind  # torch loads here, not at import
+
+    listener = listener or Listener()
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    protected = [options.model, options.images] + ([options.holdout] if options.holdout else [])
+    check_output_dir(options.out, options.force, protected)
+
+    original = load_model(options.model)
+    digest = sha256_file(options.model)
+    normalised = normalise(original)
+    graph_input = normalised.graph.input[0].type.tensor_type.shape.dim
+    input_shape = [d.dim_value if d.HasField("dim_value") else None for d in graph_input]
+    prep = make_preprocessing(input_shape, options.size, options.resize, options.mean, options.std)
+    listener.message(f"preprocessing: {prep.describe()}")
+    region = load_images(options.images, prep)
+    holdout = load_images(options.holdout, prep) if options.holdout else None
+    kind = output_kind(normalised)
+    points = find_score_points(normalised)
+    listener.message(
+        f"model: {len(points)} conv layers, {sum(p.channels for p in points):,} filters; "
+        f"output treated as {kind}; region: {len(region.paths)} images"
+        + (f"; holdout: {len(holdout.paths)} images" if holdout else "")
+    )
+    timings["load_s"] = time.perf_counter() - started
+
+    settings = options.optimise
+    settings.device = resolve_device(settings.device)
+    scoring = ScoringModel(normalised, points)
+    result = optimise(scoring, region.array, kind, settings, listener.step)
+    timings["optimise_s"] = result.seconds
+
+    mark = time.perf_counter()
+    settings_json = {
+        **{k: v for k, v in asdict(settings).items()},
+        "preprocessing": prep.to_json(),
+        "output_kind": kind,
+    }
+    surgery = export_chain(
+        normalised, points, result.multipliers, {"sha256": digest, "settings": settings_json}
+    )
+    chain = surgery.model
+    onnx.checker.check_model(chain, full_check=True)
+    timings["export_s"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    import torch
+
+    with torch.no_grad():
+        scoring.to("cpu")
+        values = [torch.from_numpy(result.multipliers[p.conv]) for p in points]
+        expected = scoring.run(torch.from_numpy(region.array), values).numpy()
+    chain_out = run(session(chain), region.array)
+    exactness = check_exactness(chain_out, expected)
+    copies = check_exact_copies(chain, original, surgery.slices)
+    region_fidelity, classes = _fidelity(chain, options.model, region, kind)
+    holdout_fidelity = (
+        _fidelity(chain, options.model, holdout, kind, classes)[0] if holdout else None
+    )
+    timings["verify_s"] = time.perf_counter() - mark
+
+    layers = _layer_results(points, result.multipliers, result.gates)
+    edges = layer_edges(GraphIndex.build(normalised), [p.conv for p in points])
+    kept_layers = sum(layer.kept > 0 for layer in layers)
+    kept_filters = sum(layer.kept for layer in layers)
+    total_filters = sum(layer.total for layer in layers)
+    summary = {
+        "layers_kept": kept_layers,
+        "layers_total": len(layers),
+        "filters_kept": kept_filters,
+        "filters_total": total_filters,
+        "filters_removed_fraction": 1 - kept_filters / total_filters,
+    }
+
+    out = options.out
+    out.mkdir(parents=True, exist_ok=True)
+    chain_path = out / "chain.onnx"
+    write_atomic(chain_path, chain.SerializeToString())
+    cost = {
+        "original": asdict(model_cost(options.model, region.array[:1])),
+        "chain": asdict(model_cost(chain_path, region.array[:1])),
+    }
+    title = f"{options.model.stem} · {options.images.name}"
+    gv_path, svg_path = write_chain_diagram(LayerGraph(layers, edges), title, out)
+    timings["total_s"] = time.perf_counter() - started
+    files = {
+        "chain.onnx": str(chain_path),
+        "chain.json": str(out / "chain.json"),
+        "chain.gv": str(gv_path),
+        "chain.svg": str(svg_path),
+    }
+    data = {
+        "generator": "chainx",
+        "version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": {
+            "model": str(options.model),
+            "sha256": digest,
+            "images": str(options.images),
+            "holdout": str(options.holdout) if options.holdout else None,
+        },
+        "settings": settings_json,
+        "summary": summary,
+        "layers": [layer.to_json() for layer in layers],
+        "edges": edges,
+        "frozen_ops": [{"node": name, "op_type": op} for name, op in surgery.frozen],
+        "metrics": {
+            "exactness": asdict(exactness),
+            "exact_copies": {"checked": copies.checked, "mismatched": copies.mismatched},
+            "region_classes": classes,
+            "region": asdict(region_fidelity),
+            "holdout": asdict(holdout_fidelity) if holdout_fidelity else None,
+            "cost": cost,
+            "optimisation": {"steps": result.steps, "finetune_steps": result.finetune_steps},
+        },
+        "timings": timings,
+        "files": files,
+    }
+    write_atomic(out / "chain.json", json.dumps(data, indent=2).encode())
+    report = ExtractReport(out=out, summary=summary, files=files, data=data)
+    if not exactness.passed or not copies.passed:
+        raise VerificationError(_verification_failure(exactness, copies))
+    return report
+
+
+def _verification_failure(exactness: Any, copies: Any) -> str:
+    problems = []
+    if not exactness.passed:
+        problems.append(
+            f"chain.onnx differs from the masked scoring model: max |Δ| "
+            f"{exactness.max_abs_diff:.3g} > tolerance {exactness.tolerance:.3g}"
+        )
+    problems += copies.mismatched
+    return "verification failed: " + "; ".join(problems)
+
+
+def _layer_results(
+    points: list[Any], multipliers: dict[str, np.ndarray], gates: dict[str, float]
+) -> list[LayerResult]:
+    names = display_names([p.conv for p in points])
+    layers = []
+    for point in points:
+        values = multipliers[point.conv]
+        kept = np.flatnonzero(values)
+        layers.append(
+            LayerResult(
+                node=point.conv,
+                display=names[point.conv],
+                total=point.channels,
+                gate=gates[point.conv],
+                kept_indices=[int(i) for i in kept],
+                kept_scores=[float(values[i]) for i in kept],
+            )
+        )
+    return layers
+
+
+__all__ = ["ExtractOptions", "ExtractReport", "Listener", "Preprocessing", "extract"]

@@ -1,0 +1,192 @@
+"""ONNX surgery: structure of the shrunk graph, and exactness against the scored model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import inputs_for, random_multipliers, shrink_and_compare, tiny_model
+from onnx import numpy_helper
+
+from chainx.model_io import normalise
+from chainx.score_points import find_score_points, scored_model
+from chainx.surgery import shrink
+from chainx.verify import run, session
+
+TOLERANCE = 1e-5
+
+
+def weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Conv/Gemm node name → its weight."""
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {
+        node.name: inits[node.input[1]]
+        for node in model.graph.node
+        if node.op_type in {"Conv", "Gemm", "MatMul"}
+    }
+
+
+def conv_named(model: onnx.ModelProto, part: str) -> str:
+    return next(n.name for n in model.graph.node if n.op_type == "Conv" and part in n.name)
+
+
+def parameter_count(model: onnx.ModelProto) -> int:
+    return int(sum(np.prod(i.dims) for i in model.graph.initializer))
+
+
+def test_plain_chain_keeps_exactly_the_scored_filters() -> None:
+    model = tiny_model("plain")
+    points = find_score_points(model)
+    conv1, conv2 = (p.conv for p in points)
+    multipliers = {conv1: np.zeros(8, np.float32), conv2: np.zeros(12, np.float32)}
+    multipliers[conv1][[1, 4]] = [0.5, 1.25]
+    multipliers[conv2][[0, 3, 7]] = [1.0, 0.75, 2.0]
+    result, error = shrink_and_compare(model, multipliers)
+    assert error <= TOLERANCE
+    chain = weights(result.model)
+    original = weights(model)
+    assert chain[conv1].shape == (2, 3, 3, 3)
+    assert chain[conv2].shape == (3, 2, 3, 3)
+    np.testing.assert_array_equal(chain[conv1], original[conv1][[1, 4]])
+    np.testing.assert_array_equal(chain[conv2], original[conv2][np.ix_([0, 3, 7], [1, 4])])
+    gemm = next(n.name for n in result.model.graph.node if n.op_type == "Gemm")
+    assert chain[gemm].shape == (5, 3)
+    muls = [n for n in result.model.graph.node if n.op_type == "Mul"]
+    assert sorted(m.name for m in muls) == sorted(f"chainx.score.{c}" for c in (conv1, conv2))
+    assert result.frozen == []
+
+
+@pytest.mark.parametrize("name", ["plain", "identity", "projection", "option-a", "depthwise"])
+@pytest.mark.parametrize("keep", [0.1, 0.3, 0.7])
+def test_random_masks_export_exactly_and_smaller(name: str, keep: float) -> None:
+    model = tiny_model(name)
+    multipliers = random_multipliers(find_score_points(model), keep, seed=int(keep * 10))
+    result, error = shrink_and_compare(model, multipliers)
+    assert error <= TOLERANCE
+    assert parameter_count(result.model) < parameter_count(model)
+    assert result.frozen == []
+    # No Conv computes a filter whose score is zero.
+    kept = {conv: int((m != 0).sum()) for conv, m in multipliers.items()}
+    for node, weight in weights(result.model).items():
+        if node in kept:
+            assert weight.shape[0] <= kept[node]
+
+
+def test_removed_branch_makes_the_block_an_identity() -> None:
+    model = tiny_model("identity")
+    points = find_score_points(model)
+    multipliers = {p.conv: np.ones(p.channels, np.float32) for p in points}
+    for p in points:
+        if "/block1/" in p.conv:
+            multipliers[p.conv][:] = 0
+    result, error = shrink_and_compare(model, multipliers)
+    assert error <= TOLERANCE
+    block1 = [n.op_type for n in result.model.graph.node if n.name.startswith("/block1/")]
+    # Only block1's closing ReLU remains: relu(x + 0) = relu(x).
+    assert block1 == ["Relu"]
+    assert sum(n.op_type == "Add" for n in result.model.graph.node) == 1
+
+
+def test_depthwise_conv_keeps_one_group_per_kept_channel() -> None:
+    model = tiny_model("depthwise")
+    points = find_score_points(model)
+    multipliers = {p.conv: np.ones(p.channels, np.float32) for p in points}
+    depthwise = conv_named(model, "depthwise")
+    multipliers[depthwise][:] = 0
+    multipliers[depthwise][[2, 5, 11, 20]] = [0.5, 1.0, 1.5, 0.25]
+    result, error = shrink_and_compare(model, multipliers)
+    assert error <= TOLERANCE
+    node = next(n for n in result.model.graph.node if n.name == depthwise)
+    group = next(a.i for a in node.attribute if a.name == "group")
+    assert group == 4
+    assert weights(result.model)[depthwise].shape == (4, 1, 3, 3)
+    # The expand conv only computes the channels that the depthwise conv still reads.
+    assert weights(result.model)[conv_named(model, "expand")].shape[0] == 4
+
+
+def test_option_a_shortcut_shifts_channels_without_padding_zeros() -> None:
+    model = tiny_model("option-a")
+    points = find_score_points(model)
+    multipliers = {p.conv: np.ones(p.channels, np.float32) for p in points}
+    # Keep only two stream channels of stage 1; block2's own branch keeps three filters.
+    for p in points:
+        if "/block2/" not in p.conv:
+            multipliers[p.conv][2:] = 0
+    block2_conv2 = next(p.conv for p in points if "/block2/conv2" in p.conv)
+    multipliers[block2_conv2][:] = 0
+    multipliers[block2_conv2][[0, 7, 15]] = 1
+    result, error = shrink_and_compare(model, multipliers)
+    assert error <= TOLERANCE
+    add = next(n for n in result.model.graph.node if n.op_type == "Add" and "/block2/" in n.name)
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim[1:2]]
+        for v in onnx.shape_inference.infer_shapes(result.model).graph.value_info
+    }
+    # The stream after block2 carries the 2 shifted stage-1 channels plus 3 branch filters.
+    assert shapes[add.output[0]] == [5]
+
+
+def test_a_dead_layer_before_a_biased_conv_stays_exact() -> None:
+    model = tiny_model("plain")
+    points = find_score_points(model)
+    multipliers = {p.conv: np.ones(p.channels, np.float32) for p in points}
+    multipliers[points[0].conv][:] = 0  # conv2 then sees only zeros: its output is its bias
+    result, error = shrink_and_compare(model, multipliers)
+    assert error <= TOLERANCE
+    assert points[0].conv not in weights(result.model)
+
+
+def test_an_unknown_op_is_frozen_and_the_export_stays_exact() -> None:
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    net (float[N, 3, 6, 6] input) => (float[N, 4] logits) {
+        a = Conv <pads = [1, 1, 1, 1]> (input, w1, b1)
+        r = Relu (a)
+        n = LRN <size = 3> (r)
+        c = Conv <pads = [1, 1, 1, 1]> (n, w2, b2)
+        p = GlobalAveragePool (c)
+        f = Flatten (p)
+        logits = Gemm <transB = 1> (f, w3, b3)
+    }
+    """
+    model = onnx.parser.parse_model(text)
+    rng = np.random.default_rng(0)
+    for name, shape in {
+        "w1": (6, 3, 3, 3),
+        "b1": (6,),
+        "w2": (5, 6, 3, 3),
+        "b2": (5,),
+        "w3": (4, 5),
+        "b3": (4,),
+    }.items():
+        model.graph.initializer.append(
+            numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+        )
+    model = normalise(model)
+    points = find_score_points(model)
+    multipliers = random_multipliers(points, 0.5, seed=3)
+    result, error = shrink_and_compare(model, multipliers)
+    assert error <= TOLERANCE
+    assert [op for _, op in result.frozen] == ["LRN"]
+    # The frozen LRN sees all 6 channels in their original order, zero-filled where the
+    # first conv dropped a filter...
+    shapes = onnx.shape_inference.infer_shapes(result.model).graph.value_info
+    lrn = next(n for n in result.model.graph.node if n.op_type == "LRN")
+    lrn_input = next(v for v in shapes if v.name == lrn.input[0])
+    assert lrn_input.type.tensor_type.shape.dim[1].dim_value == 6
+    # ...while both convs hold only their non-zero filters.
+    for point in points:
+        kept = int((multipliers[point.conv] != 0).sum())
+        assert weights(result.model)[point.conv].shape[0] == kept
+
+
+def test_shrink_is_exact_on_batches_of_any_size() -> None:
+    model = tiny_model("projection")
+    multipliers = random_multipliers(find_score_points(model), 0.4)
+    scored = scored_model(model, find_score_points(model), multipliers)
+    chain = shrink(scored).model
+    for count in (1, 7):
+        x = inputs_for(model, count=count)
+        np.testing.assert_allclose(
+            run(session(chain), x), run(session(scored), x), rtol=1e-5, atol=1e-6
+        )

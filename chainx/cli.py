@@ -87,7 +87,9 @@ def extract(
     std: Annotated[
         str | None, typer.Option(help="Per-channel std, e.g. 0.229,0.224,0.225.")
     ] = None,
-    lam: Annotated[float, typer.Option(min=0.0, help="λ of the L1 term on the scores.")] = 300.0,
+    lam: Annotated[
+        float, typer.Option(min=0.0, help="λ: weight of the scores' L1, per 1,000 filters.")
+    ] = 15.0,
     steps: Annotated[int, typer.Option(min=1, help="Sparsification steps (at most).")] = 300,
     finetune_steps: Annotated[
         int, typer.Option(min=0, help="Fine-tuning steps of the kept scores.")
@@ -97,6 +99,10 @@ def extract(
         float | None,
         typer.Option(min=0.0, max=1.0, help="Keep this fraction of filters instead of τ."),
     ] = None,
+    kl_budget: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="KL guard: λ backs off while KL exceeds this."),
+    ] = 0.3,
     force: Annotated[bool, typer.Option(help="Write into a non-empty foreign folder.")] = False,
 ) -> None:
     """Extract the inference chain of MODEL on the region IMAGES."""
@@ -121,6 +127,7 @@ def extract(
                 finetune_steps=finetune_steps,
                 tau=tau,
                 keep_ratio=keep_ratio,
+                kl_budget=kl_budget,
                 seed=seed,
                 device=device.value,
             ),

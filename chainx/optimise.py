@@ -32,13 +32,15 @@ class OptimiseSettings:
     tau: float = 0.02
     keep_ratio: float | None = None
     finetune_steps: int = 100
-    finetune_lr: float = 0.01
+    finetune_lr: float = 0.05
     patience: int = 40
     batch_size: int = 32
     seed: int = 0
     device: str = "cpu"
     augment: bool = False
     margin: float = 1.0
+    kl_budget: float | None = 0.3
+    gradual: bool = True
 
 
 @dataclass
@@ -86,7 +88,7 @@ def _jitter(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     )
 
 
-class _Objective:
+class Objective:
     """KL to the original outputs over the region, in batches, plus the L1 term."""
 
     def __init__(
@@ -152,15 +154,36 @@ def _kept(scoring: ScoringModel, tau: float) -> int:
         return int(sum((m > tau).sum() for m in scoring.multipliers()))
 
 
-def _threshold(scoring: ScoringModel, settings: OptimiseSettings) -> None:
+def _keep_top(scoring: ScoringModel, fraction: float, final: bool = False) -> None:
+    """Mask all but the `fraction` of filters with the largest multipliers.
+
+    Until the final cut a filter at zero stays unmasked, so that it can still come back.
+    """
     with torch.no_grad():
         values = [m.detach() for m in scoring.multipliers()]
-        if settings.keep_ratio is not None:
-            flat = torch.cat(values)
-            budget = max(1, math.ceil(settings.keep_ratio * len(flat)))
-            cut = torch.topk(flat, budget).values[-1]
-            scoring.masks = [(v >= cut) & (v > 0) for v in values]
-        else:
+        flat = torch.cat(values)
+        budget = max(1, math.ceil(fraction * len(flat)))
+        cut = torch.topk(flat, budget).values[-1]
+        scoring.masks = [(v >= cut) & ((v > 0) | (not final)) for v in values]
+
+
+def _gradual_keep(step: int, total: int, keep_ratio: float) -> float:
+    """The kept fraction at a step: 1 until 10% of the steps, the budget from 70% on.
+
+    Cubic in between, as in gradual magnitude pruning: large cuts early while many filters
+    are redundant, small ones late, so the scores can adapt to each cut.
+    """
+    start, end = 0.1 * total, 0.7 * total
+    progress = min(max((step - start) / max(end - start, 1), 0.0), 1.0)
+    return keep_ratio + (1 - keep_ratio) * (1 - progress) ** 3
+
+
+def _threshold(scoring: ScoringModel, settings: OptimiseSettings) -> None:
+    if settings.keep_ratio is not None:
+        _keep_top(scoring, settings.keep_ratio, final=True)
+    else:
+        with torch.no_grad():
+            values = [m.detach() for m in scoring.multipliers()]
             scoring.masks = [v > settings.tau for v in values]
     if not any(mask.any() for mask in scoring.masks):
         raise ChainxError(
@@ -182,7 +205,7 @@ def optimise(
         torch.set_flush_denormal(True)  # shrinking scores make denormals, 3x slower steps
     scoring.to(device)
     started = time.perf_counter()
-    objective = _Objective(
+    objective = Objective(
         scoring,
         torch.from_numpy(images).to(device),
         kind,
@@ -200,22 +223,28 @@ def optimise(
     params = [*scoring.scores, scoring.gates]
     adam = torch.optim.Adam(params, lr=settings.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(adam, max(settings.steps, 1))
-    stable, previous, steps = 0, None, 0
+    stable, previous, steps, strength = 0, None, 0, 1.0
     for step in range(settings.steps):
         adam.zero_grad()
-        loss, kl, agree = objective.step(settings.lam, augment=True)
+        loss, kl, agree = objective.step(settings.lam * strength, augment=True)
+        if settings.kl_budget is not None:
+            # The KL guard: back off fast when the region's outputs drift, creep up otherwise.
+            drifting = kl > settings.kl_budget
+            strength = min(max(strength * (0.7 if drifting else 1.05), 1e-3), 1e3)
         adam.step()
         schedule.step()
         with torch.no_grad():
             for score in scoring.scores:
                 score.clamp_(min=0.0)
         steps = step + 1
+        if settings.keep_ratio is not None and settings.gradual:
+            _keep_top(scoring, _gradual_keep(steps, settings.steps, settings.keep_ratio))
         report("sparsify", steps, settings.steps, loss, kl, agree)
         with torch.no_grad():
             mask = torch.cat([m > settings.tau for m in scoring.multipliers()])
         stable = stable + 1 if previous is not None and torch.equal(mask, previous) else 0
         previous = mask
-        if stable >= settings.patience and steps >= settings.steps // 2:
+        if stable >= settings.patience and steps >= 0.7 * settings.steps:
             break
 
     _threshold(scoring, settings)

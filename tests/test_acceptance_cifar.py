@@ -1,0 +1,70 @@
+"""Acceptance on a real pretrained network: CIFAR-10 ResNet-20 from ../shared.
+
+Skipped when ../shared is absent (a user's fresh clone).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, SHARED
+
+from chainx.extract import ExtractOptions, extract
+from chainx.optimise import OptimiseSettings
+
+WEIGHTS = SHARED / "models" / "cifar10_resnet20.th"
+CIFAR = SHARED / "data" / "cifar10" / "test"
+
+pytestmark = pytest.mark.skipif(
+    not (WEIGHTS.exists() and CIFAR.exists()), reason="../shared (CIFAR-10, ResNet-20) absent"
+)
+
+
+def _tool(*args: object) -> None:
+    subprocess.run([sys.executable, *map(str, args)], check=True, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def resnet20(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    work = tmp_path_factory.mktemp("cifar")
+    model = work / "cifar10_resnet20.onnx"
+    _tool("tools/export_cifar_resnet.py", "--depth", 20, "--weights", WEIGHTS, "--out", model)
+    region = work / "airplane_ship"
+    _tool(
+        "tools/make_region.py",
+        "--source",
+        CIFAR,
+        "--classes",
+        "airplane,ship",
+        "--count",
+        10,
+        "--holdout-count",
+        100,
+        "--out",
+        region,
+    )
+    return model, region
+
+
+def test_resnet20_chain_removes_90_percent_and_keeps_the_region(
+    resnet20: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, region = resnet20
+    options = ExtractOptions(
+        model=model,
+        images=region / "region",
+        holdout=region / "holdout",
+        out=tmp_path / "chain",
+        resize=32,
+        optimise=OptimiseSettings(keep_ratio=0.07, finetune_steps=200),
+    )
+    data = extract(options).data
+    assert data["summary"]["filters_removed_fraction"] >= 0.90
+    assert data["metrics"]["region"]["agree"] == 20
+    assert data["metrics"]["exactness"]["passed"]
+    assert data["metrics"]["exact_copies"]["mismatched"] == []
+    assert data["metrics"]["holdout"]["images"] == 200
+    assert data["frozen_ops"] == []

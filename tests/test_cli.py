@@ -1,0 +1,130 @@
+"""The command line through Typer's CliRunner: exit codes, messages, files left alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+from conftest import SAMPLE_MODEL, SAMPLE_REGION
+from onnx import numpy_helper
+from typer.testing import CliRunner
+
+from chainx.cli import app
+
+QUICK = ["--resize", "28", "--steps", "20", "--finetune-steps", "5", "--lam", "5"]
+
+
+def invoke(*args: str) -> object:
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "run.chain"
+    result = invoke("extract", SAMPLE_MODEL, SAMPLE_REGION, "--out", out, *QUICK)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_version() -> None:
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.output.startswith("chainx ")
+
+
+def test_extract_writes_every_output(extracted: Path) -> None:
+    assert sorted(p.name for p in extracted.iterdir()) == [
+        "chain.gv",
+        "chain.json",
+        "chain.onnx",
+        "chain.svg",
+    ]
+    data = json.loads((extracted / "chain.json").read_text())
+    assert data["generator"] == "chainx"
+    assert data["metrics"]["exactness"]["passed"]
+    assert data["metrics"]["exact_copies"]["mismatched"] == []
+    chain = onnx.load(str(extracted / "chain.onnx"))
+    onnx.checker.check_model(chain, full_check=True)
+    keys = {p.key for p in chain.metadata_props}
+    assert {"chainx.version", "chainx.source_sha256", "chainx.settings"} <= keys
+
+
+def test_verify_an_output_folder(extracted: Path) -> None:
+    result = invoke("verify", extracted)
+    assert result.exit_code == 0, result.output
+    assert "passed" in result.output
+
+
+def test_verify_with_explicit_model_and_images(extracted: Path) -> None:
+    result = invoke("verify", extracted / "chain.onnx", SAMPLE_MODEL, SAMPLE_REGION)
+    assert result.exit_code == 0, result.output
+
+
+def test_verify_fails_with_exit_1_on_a_corrupted_chain(extracted: Path, tmp_path: Path) -> None:
+    chain = onnx.load(str(extracted / "chain.onnx"))
+    conv = next(n for n in chain.graph.node if n.op_type == "Conv")
+    init = next(i for i in chain.graph.initializer if i.name == conv.input[1])
+    value = numpy_helper.to_array(init).copy()
+    value.flat[0] += 1.0
+    init.CopyFrom(numpy_helper.from_array(value, init.name))
+    corrupted = tmp_path / "chain.onnx"
+    onnx.save(chain, str(corrupted))
+    result = invoke("verify", corrupted, SAMPLE_MODEL, SAMPLE_REGION)
+    assert result.exit_code == 1
+    assert "FAILED" in result.output or "verification failed" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_verify_a_chain_alone_asks_for_the_model(extracted: Path) -> None:
+    result = invoke("verify", extracted / "chain.onnx")
+    assert result.exit_code == 2
+    assert "chainx verify chain.onnx MODEL.onnx IMAGES/" in result.output
+
+
+def test_a_file_that_is_not_onnx_is_a_user_error(tmp_path: Path) -> None:
+    bogus = tmp_path / "model.onnx"
+    bogus.write_bytes(b"this is not a protobuf")
+    result = invoke("extract", bogus, SAMPLE_REGION, "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    assert "not a valid ONNX model" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_missing_model_is_a_user_error(tmp_path: Path) -> None:
+    result = invoke("extract", tmp_path / "absent.onnx", SAMPLE_REGION)
+    assert result.exit_code == 2
+    assert "does not exist" in result.output
+
+
+def test_an_empty_image_folder_is_a_user_error(tmp_path: Path) -> None:
+    empty = tmp_path / "images"
+    empty.mkdir()
+    result = invoke("extract", SAMPLE_MODEL, empty, "--out", tmp_path / "out", *QUICK)
+    assert result.exit_code == 2
+    assert "no images found" in result.output
+
+
+def test_a_foreign_non_empty_folder_is_left_alone(tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    result = invoke("extract", SAMPLE_MODEL, SAMPLE_REGION, "--out", out, *QUICK)
+    assert result.exit_code == 2
+    assert "--force" in result.output
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "precious"
+
+
+def test_bad_mean_is_a_user_error(tmp_path: Path) -> None:
+    result = invoke(
+        "extract", SAMPLE_MODEL, SAMPLE_REGION, "--out", tmp_path / "o", "--mean", "a,b", *QUICK
+    )
+    assert result.exit_code == 2
+    assert "--mean" in result.output
+
+
+def test_an_earlier_output_is_replaced_without_force(extracted: Path) -> None:
+    result = invoke("extract", SAMPLE_MODEL, SAMPLE_REGION, "--out", extracted, *QUICK)
+    assert result.exit_code == 0, result.output

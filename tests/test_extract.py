@@ -1,0 +1,85 @@
+"""End to end on the bundled sample: the README's default run, checked on its outputs."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import SAMPLE_HOLDOUT, SAMPLE_MODEL, SAMPLE_REGION
+
+from chainx.extract import ExtractOptions, extract
+from chainx.images import load_images, make_preprocessing
+from chainx.verify import run, session
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> object:
+    out = tmp_path_factory.mktemp("e2e") / "mnist_resnet.chain"
+    options = ExtractOptions(
+        model=SAMPLE_MODEL, images=SAMPLE_REGION, out=out, holdout=SAMPLE_HOLDOUT, resize=28
+    )
+    return extract(options)
+
+
+def test_the_chain_is_small_and_keeps_the_region_predictions(report: object) -> None:
+    data = report.data
+    assert data["summary"]["filters_removed_fraction"] >= 0.6
+    assert data["metrics"]["region"]["agree"] == data["metrics"]["region"]["images"] == 20
+    assert data["metrics"]["holdout"]["images"] == 80
+    assert data["metrics"]["holdout"]["agreement"] >= 0.8
+    assert data["metrics"]["exactness"]["passed"]
+    assert data["metrics"]["exact_copies"]["mismatched"] == []
+    assert data["frozen_ops"] == []
+
+
+def test_chain_onnx_runs_alone_with_the_original_interface(report: object) -> None:
+    chain = onnx.load(str(report.out / "chain.onnx"))
+    original = onnx.load(str(SAMPLE_MODEL))
+    onnx.checker.check_model(chain, full_check=True)
+    assert [i.name for i in chain.graph.input] == [i.name for i in original.graph.input]
+    assert [o.name for o in chain.graph.output] == [o.name for o in original.graph.output]
+    prep = make_preprocessing([None, 1, 28, 28], None, 28, None, None)
+    images = load_images(SAMPLE_REGION, prep).array
+    chain_top1 = run(session(chain), images).argmax(1)
+    original_top1 = run(session(original), images).argmax(1)
+    np.testing.assert_array_equal(chain_top1, original_top1)
+    # Kept Conv nodes carry their original names.
+    original_convs = {n.name for n in original.graph.node if n.op_type == "Conv"}
+    chain_convs = {n.name for n in chain.graph.node if n.op_type == "Conv"}
+    assert chain_convs and chain_convs <= original_convs
+
+
+def test_chain_json_describes_every_layer(report: object) -> None:
+    data = json.loads((report.out / "chain.json").read_text())
+    assert len(data["layers"]) == 9
+    for layer in data["layers"]:
+        assert {"node", "display", "kept", "total", "gate", "filters"} <= set(layer)
+        assert layer["kept"] == len(layer["filters"]) <= layer["total"]
+        assert all(f["score"] > 0 for f in layer["filters"])
+    kept = sum(layer["kept"] for layer in data["layers"])
+    assert kept == data["summary"]["filters_kept"]
+    assert set(data["timings"]) >= {"optimise_s", "total_s"}
+    assert data["settings"]["preprocessing"]["size"] == 28
+
+
+def test_the_diagram_names_the_retained_layers(report: object) -> None:
+    data = json.loads((report.out / "chain.json").read_text())
+    svg = (report.out / "chain.svg").read_text()
+    ET.fromstring(svg)
+    for layer in data["layers"]:
+        if layer["kept"]:
+            assert layer["display"] in svg
+            assert f"{layer['kept']}/{layer['total']}" in svg
+    assert (report.out / "chain.gv").read_text().startswith("digraph")
+
+
+def test_a_rerun_with_the_same_seed_gives_the_same_chain(report: object, tmp_path: Path) -> None:
+    options = ExtractOptions(
+        model=SAMPLE_MODEL, images=SAMPLE_REGION, out=tmp_path / "again", resize=28
+    )
+    again = extract(options)
+    assert again.data["layers"] == report.data["layers"]

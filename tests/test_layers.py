@@ -1,0 +1,41 @@
+"""Short layer names and the flow between scored layers."""
+
+from __future__ import annotations
+
+from conftest import tiny_model
+
+from chainx.layers import display_name, display_names, layer_edges, module_path
+from chainx.onnx_graph import GraphIndex
+from chainx.score_points import find_score_points
+
+
+def test_torchvision_resnet_names_follow_the_paper() -> None:
+    assert display_name("/layer4/layer4.1/conv2/Conv") == "L4B1C2"
+    assert display_name("/layer2/layer2.0/downsample/downsample.0/Conv") == "L2B0SC"
+    assert display_name("/layer3/layer3.0/shortcut/Conv") == "L3B0SC"
+
+
+def test_other_names_fall_back_to_the_module_path() -> None:
+    assert module_path("/_blocks.3/_expand_conv/Conv") == "_blocks.3._expand_conv"
+    assert display_name("/_blocks.3/_expand_conv/Conv") == "blocks.3.expand_conv"
+    assert display_name("Conv_12") == "Conv_12"
+
+
+def test_duplicate_display_names_are_made_unique() -> None:
+    names = display_names(["a/x/Conv", "b/x/Conv"])
+    assert len(set(names.values())) == 2
+
+
+def test_edges_follow_the_residual_structure() -> None:
+    model = tiny_model("projection")
+    convs = [p.conv for p in find_score_points(model)]
+    edges = layer_edges(GraphIndex.build(model), convs)
+    stem = next(c for c in convs if c.startswith("/stem/"))
+    proj = next(c for c in convs if "/block2/proj/" in c)
+    b2c1 = next(c for c in convs if "/block2/conv1/" in c)
+    b2c2 = next(c for c in convs if "/block2/conv2/" in c)
+    assert ("input", stem) in edges
+    assert (b2c1, b2c2) in edges
+    # Both the projection and block1's conv2 feed block2, through the residual adds.
+    assert any(dst == proj for _, dst in edges)
+    assert (b2c2, "output") in edges and (proj, "output") in edges

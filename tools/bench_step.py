@@ -1,0 +1,126 @@
+"""Benchmark: one score-optimisation step against a plain forward+backward, same batch.
+
+Both run in this process on the same converted model: the plain step is the unscored
+network with the input as the only leaf needing a gradient; the scored step is chainx's
+objective (KL + L1, backward into scores and gates). Prints both times, their ratio and
+peak memory.
+
+    python tools/bench_step.py --model sample_models/mnist_resnet.onnx --batch 20
+    python tools/bench_step.py --torchvision resnet50 --size 224 --batch 20 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import resource
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from chainx.model_io import normalise  # noqa: E402
+from chainx.optimise import Objective  # noqa: E402
+from chainx.score_points import find_score_points  # noqa: E402
+from chainx.scoring import ScoringModel  # noqa: E402
+
+
+def torchvision_model(name: str, size: int) -> onnx.ModelProto:
+    import torchvision
+
+    module = getattr(torchvision.models, name)(weights=None).eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            torch.randn(1, 3, size, size),
+            buffer,
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def timed(step: object, device: torch.device, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=Path, help="an ONNX classifier")
+    source.add_argument("--torchvision", help="a torchvision architecture, random weights")
+    parser.add_argument("--size", type=int, default=224, help="input size for --torchvision")
+    parser.add_argument("--batch", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
+    model = (
+        torchvision_model(args.torchvision, args.size)
+        if args.torchvision
+        else (onnx.load(str(args.model)))
+    )
+    model = normalise(model)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    shape = [args.batch] + [d.dim_value for d in dims[1:]]
+    images = torch.from_numpy(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+    images = images.to(device)
+    points = find_score_points(model)
+    scoring = ScoringModel(model, points).to(device)
+    objective = Objective(scoring, images, "logits", args.batch, augment=False, seed=0)
+
+    leaf = images.clone().requires_grad_(True)
+
+    def plain() -> None:
+        leaf.grad = None
+        scoring.unscored(leaf).logsumexp(-1).sum().backward()
+
+    def scored() -> None:
+        for parameter in (*scoring.scores, scoring.gates):
+            parameter.grad = None
+        objective.step(15.0)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    plain_times = timed(plain, device, args.repeats)
+    scored_times = timed(scored, device, args.repeats)
+    plain_ms = 1000 * statistics.median(plain_times[1:])
+    scored_ms = 1000 * statistics.median(scored_times[1:])
+    name = args.torchvision or args.model.name
+    print(f"model: {name}, {len(points)} conv layers, {sum(p.channels for p in points):,} filters")
+    print(f"device: {device}, batch {shape}")
+    print(f"plain forward+backward: {plain_ms:.1f} ms")
+    print(f"scored step (KL + L1):  {scored_ms:.1f} ms")
+    print(f"ratio: {scored_ms / plain_ms:.2f}")
+    if device.type == "cuda":
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak host memory (max RSS): {rss_mib:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -21,7 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Extract the local inference chain of a network as a standalone ONNX sub-network.",
 )
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 out_console = Console(highlight=False)
 
 
@@ -47,15 +47,22 @@ def _fail(error: Exception) -> None:
     raise typer.Exit(getattr(error, "exit_code", 1))
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        out_console.print(f"chainx {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def main(
     version: Annotated[
-        bool, typer.Option("--version", help="Print the version and exit.", is_eager=True)
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+        ),
     ] = False,
 ) -> None:
-    if version:
-        out_console.print(f"chainx {__version__}")
-        raise typer.Exit(0)
+    """Extract the local inference chain of a network as a standalone ONNX sub-network."""
 
 
 ExistingFile = typer.Argument(exists=True, file_okay=True, dir_okay=False, readable=True)
@@ -88,8 +95,11 @@ def extract(
         str | None, typer.Option(help="Per-channel std, e.g. 0.229,0.224,0.225.")
     ] = None,
     lam: Annotated[
-        float, typer.Option(min=0.0, help="λ: weight of the scores' L1, per 1,000 filters.")
-    ] = 15.0,
+        float, typer.Option(min=0.0, help="λ: weight of mean|score| at the start.")
+    ] = 30.0,
+    lam_growth: Annotated[
+        float, typer.Option(min=1.0, help="λ grows by this factor over the steps.")
+    ] = 20.0,
     steps: Annotated[int, typer.Option(min=1, help="Sparsification steps (at most).")] = 300,
     finetune_steps: Annotated[
         int, typer.Option(min=0, help="Fine-tuning steps of the kept scores.")
@@ -123,6 +133,7 @@ def extract(
             force=force,
             optimise=OptimiseSettings(
                 lam=lam,
+                lam_growth=lam_growth,
                 steps=steps,
                 finetune_steps=finetune_steps,
                 tau=tau,

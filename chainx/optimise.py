@@ -1,13 +1,18 @@
 """NeuroChains score optimisation: sparse scores that keep the region's outputs.
 
-Phase 1 minimises KL(p_original ‖ p_scored) + λ·Σ|multiplier|/1000 with Adam under a
-cosine schedule, scores kept non-negative. The scores are then thresholded (by τ or to a
-budget), and phase 2 fine-tunes the surviving scores with the mask fixed, adding a hinge on
-the original top-1 class's margin so that the chain keeps the original predictions.
+Phase 1 minimises KL(p_original ‖ p_scored) + λ·mean|score| with Adam under a cosine
+schedule, scores kept non-negative; the layer gates learn from the KL. λ grows
+geometrically over the phase (continuation), and a KL guard weakens it while the KL
+exceeds a budget. The scores are then thresholded (by τ, or to a budget reached
+gradually), and phase 2 fine-tunes the surviving scores with the mask fixed, adding a
+hinge on the original top-1 class's margin so that the chain keeps the original
+predictions.
 
-λ is per 1,000 filters: a filter's L1 costs the same in every model. Measured on ResNet-20
-(688 filters) and EfficientNet-Lite0 (21,008), that is what makes one λ give a similar
-sparsity on both; a mean over filters needed a 30× larger λ on the larger model.
+Why continuation: Adam gives every score a unit-size step. At the start the KL gradient is
+zero, so under a strong L1 all scores fall together; a deep network without normalisation
+(EfficientNet-Lite0: 49 convs, BN folded) then collapses before the KL can tell filters
+apart, and dead ReLUs stop it from recovering. A mild λ first separates the filters (about
+70% removed at full agreement there), and the growing λ then removes the rest.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from chainx.scoring import ScoringModel, log_probabilities
 
 @dataclass
 class OptimiseSettings:
-    lam: float = 15.0
+    lam: float = 30.0
+    lam_growth: float = 20.0
     steps: int = 300
     lr: float = 0.05
     tau: float = 0.02
@@ -118,9 +124,13 @@ class Objective:
         return batches
 
     def step(
-        self, lam: float, augment: bool = False, margin: float = 0.0
+        self, lam: float = 0.0, augment: bool = False, margin: float = 0.0
     ) -> tuple[float, float, float]:
-        """Backward of the loss; returns (loss, kl, top-1 agreement)."""
+        """Backward of the loss; returns (loss, kl, top-1 agreement).
+
+        The loss is KL + λ·mean|score| (+ the margin hinge). The L1 is a mean over all
+        filters so that one λ weighs the same on a small and a large model.
+        """
         kl_total, agree, hinge_total = 0.0, 0, 0.0
         for batch, target in self._batches(augment and self.augment):
             log_q = log_probabilities(self.scoring(batch), self.kind)
@@ -140,13 +150,15 @@ class Objective:
             kl.backward()
             kl_total += float(kl.detach())
             agree += int((log_q.argmax(-1) == target.argmax(-1)).sum())
-        kl_total -= hinge_total
-        loss = kl_total + hinge_total
+        loss = kl_total
         if lam:
-            l1 = lam * sum(m.abs().sum() for m in self.scoring.multipliers()) / 1000
+            scores = torch.cat(
+                [s * m for s, m in zip(self.scoring.scores, self.scoring.masks, strict=True)]
+            )
+            l1 = lam * scores.abs().mean()
             l1.backward()
             loss += float(l1.detach())
-        return loss, kl_total, agree / self.count
+        return loss, kl_total - hinge_total, agree / self.count
 
 
 def _kept(scoring: ScoringModel, tau: float) -> int:
@@ -163,8 +175,11 @@ def _keep_top(scoring: ScoringModel, fraction: float, final: bool = False) -> No
         values = [m.detach() for m in scoring.multipliers()]
         flat = torch.cat(values)
         budget = max(1, math.ceil(fraction * len(flat)))
-        cut = torch.topk(flat, budget).values[-1]
-        scoring.masks = [(v >= cut) & ((v > 0) | (not final)) for v in values]
+        keep = torch.zeros_like(flat, dtype=torch.bool)
+        keep[torch.topk(flat, budget).indices] = True  # exactly the budget, ties or not
+        if final:
+            keep &= flat > 0
+        scoring.masks = list(torch.split(keep, [len(v) for v in values]))
 
 
 def _gradual_keep(step: int, total: int, keep_ratio: float) -> float:
@@ -226,11 +241,14 @@ def optimise(
     stable, previous, steps, strength = 0, None, 0, 1.0
     for step in range(settings.steps):
         adam.zero_grad()
-        loss, kl, agree = objective.step(settings.lam * strength, augment=True)
+        # Continuation: λ grows geometrically, so the filters separate while the
+        # pressure is mild and the tail goes once the important ones are established.
+        lam = settings.lam * settings.lam_growth ** (step / settings.steps) * strength
+        loss, kl, agree = objective.step(lam, augment=True)
         if settings.kl_budget is not None:
-            # The KL guard: back off fast when the region's outputs drift, creep up otherwise.
+            # The KL guard: back off fast when the region's outputs drift, recover otherwise.
             drifting = kl > settings.kl_budget
-            strength = min(max(strength * (0.7 if drifting else 1.05), 1e-3), 1e3)
+            strength = min(max(strength * (0.7 if drifting else 1.05), 1e-3), 1.0)
         adam.step()
         schedule.step()
         with torch.no_grad():
@@ -252,7 +270,7 @@ def optimise(
     best: tuple[float, float, list[torch.Tensor]] | None = None
     for step in range(settings.finetune_steps + 1):
         adam.zero_grad()
-        loss, kl, agree = objective.step(0.0, margin=settings.margin)
+        loss, kl, agree = objective.step(margin=settings.margin)
         # Keep the best state seen: highest agreement, then lowest KL.
         if best is None or (agree, -kl) > (best[0], -best[1]):
             best = (agree, kl, [m.detach().clone() for m in scoring.multipliers()])

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from chainx.cli import app
 
-QUICK = ["--resize", "28", "--steps", "20", "--finetune-steps", "5", "--lam", "5"]
+QUICK = ["--resize", "28", "--steps", "20", "--finetune-steps", "5"]
 
 
 def invoke(*args: str) -> object:

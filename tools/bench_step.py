@@ -102,7 +102,7 @@ def main() -> None:
     def scored() -> None:
         for parameter in (*scoring.scores, scoring.gates):
             parameter.grad = None
-        objective.step(15.0)
+        objective.step(30.0)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -17,7 +17,6 @@ import resource
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,8 @@ import onnx
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from torch_export import export_classifier  # noqa: E402
 
 from chainx.model_io import normalise  # noqa: E402
 from chainx.optimise import Objective  # noqa: E402
@@ -35,20 +36,8 @@ from chainx.scoring import ScoringModel  # noqa: E402
 def torchvision_model(name: str, size: int) -> onnx.ModelProto:
     import torchvision
 
-    module = getattr(torchvision.models, name)(weights=None).eval()
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            torch.randn(1, 3, size, size),
-            buffer,
-            dynamo=False,
-            opset_version=17,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        )
+    export_classifier(getattr(torchvision.models, name)(weights=None), (1, 3, size, size), buffer)
     return onnx.load_from_string(buffer.getvalue())
 
 

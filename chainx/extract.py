@@ -135,7 +135,7 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
         expected = scoring.run(torch.from_numpy(region.array), values).numpy()
     chain_out = run(session(chain), region.array)
     exactness = check_exactness(chain_out, expected)
-    copies = check_exact_copies(chain, original, surgery.slices)
+    copies = check_exact_copies(chain, original, surgery.slices, normalised)
     region_fidelity, classes = _fidelity(chain, options.model, region, kind)
     holdout_fidelity = (
         _fidelity(chain, options.model, holdout, kind, classes)[0] if holdout else None

@@ -98,24 +98,34 @@ class CopyCheck:
 
 
 def check_exact_copies(
-    chain: onnx.ModelProto, original: onnx.ModelProto, slices: list[WeightSlice]
+    chain: onnx.ModelProto,
+    original: onnx.ModelProto,
+    slices: list[WeightSlice],
+    normalised: onnx.ModelProto | None = None,
 ) -> CopyCheck:
-    """Every Conv and Gemm weight in the chain equals a slice of the original, bit for bit."""
+    """Every Conv and Gemm weight in the chain equals a slice of the original, bit for bit.
+
+    A node is looked up by name in the user's model; one that only normalisation named
+    (the user's node had no name) is looked up in the normalised model, whose weights are
+    the user's, untouched.
+    """
     recorded = {s.node: s for s in slices}
-    original_nodes = {node.name: node for node in original.graph.node}
+    original_nodes = {node.name: (node, original) for node in original.graph.node}
+    for node in normalised.graph.node if normalised is not None else []:
+        original_nodes.setdefault(node.name, (node, normalised))
     mismatched: list[str] = []
     checked = 0
     for node in chain.graph.node:
         if node.op_type not in {"Conv", "Gemm", "MatMul"}:
             continue
         checked += 1
-        source = original_nodes.get(node.name)
+        source, owner = original_nodes.get(node.name, (None, original))
         weight = _constant(chain, node.input[1])
         entry = recorded.get(node.name)
         if source is None or weight is None:
             mismatched.append(f"{node.name}: no source node of that name in the original")
             continue
-        reference = _constant(original, source.input[1])
+        reference = _constant(owner, source.input[1])
         if reference is None:
             mismatched.append(f"{node.name}: its original weight is not a constant")
             continue

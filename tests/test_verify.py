@@ -7,6 +7,7 @@ import onnx
 from conftest import inputs_for, random_multipliers, tiny_model
 from onnx import numpy_helper
 
+from chainx.model_io import normalise
 from chainx.score_points import find_score_points, scored_model
 from chainx.surgery import shrink
 from chainx.verify import check_exact_copies, check_exactness, fidelity, run, session
@@ -73,3 +74,16 @@ def test_fidelity_counts_agreement_and_kl() -> None:
     assert result.mean_kl > 0
     same = fidelity(original, original, "logits", classes=[0, 1, 2])
     assert same.agree == 4 and abs(same.mean_kl) < 1e-12
+
+
+def test_copies_of_unnamed_original_nodes_are_checked_in_the_normalised_model() -> None:
+    model, _, _ = _chain()
+    unnamed = onnx.ModelProto()
+    unnamed.CopyFrom(model)
+    for node in unnamed.graph.node:
+        node.name = ""
+    normalised = normalise(unnamed)
+    points = find_score_points(normalised)
+    result = shrink(scored_model(normalised, points, random_multipliers(points, 0.5)))
+    assert not check_exact_copies(result.model, unnamed, result.slices).passed
+    assert check_exact_copies(result.model, unnamed, result.slices, normalised).passed

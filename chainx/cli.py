@@ -104,6 +104,9 @@ def extract(
     finetune_steps: Annotated[
         int, typer.Option(min=0, help="Fine-tuning steps of the kept scores.")
     ] = 100,
+    finetune_lr: Annotated[
+        float, typer.Option(min=0.0, help="Adam's learning rate while fine-tuning.")
+    ] = 0.05,
     tau: Annotated[float, typer.Option(min=0.0, help="Score threshold τ.")] = 0.02,
     keep_ratio: Annotated[
         float | None,
@@ -136,6 +139,7 @@ def extract(
                 lam_growth=lam_growth,
                 steps=steps,
                 finetune_steps=finetune_steps,
+                finetune_lr=finetune_lr,
                 tau=tau,
                 keep_ratio=keep_ratio,
                 kl_budget=kl_budget,

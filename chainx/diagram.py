@@ -106,13 +106,9 @@ def chain_diagram(graph: LayerGraph, title: str) -> graphviz.Digraph:
     retained = {box.id for box in boxes if box.retained} | {INPUT, OUTPUT}
     order = [INPUT, *(box.id for box in boxes), OUTPUT]
     spine = set(pairwise(order))
-    seen: set[tuple[str, str]] = set()
-    for src, dst in graph.edges:
-        # Edges inside a collapsed run vanish; several edges can map onto the same pair.
-        pair = (where[src], where[dst])
-        if pair[0] == pair[1] or pair in seen:
-            continue
-        seen.add(pair)
+    # Edges inside a collapsed run vanish; several edges can map onto the same pair.
+    pairs = {(where[src], where[dst]) for src, dst in graph.edges} - {(b, b) for b in order}
+    for pair in _order_pairs(order, _drop_long_implied(pairs, order)):
         # Heavier edges between neighbours in graph order keep the main path straight, so
         # the skips are what bends.
         attrs = {"weight": "4"} if pair in spine else {}
@@ -127,6 +123,46 @@ def chain_diagram(graph: LayerGraph, title: str) -> graphviz.Digraph:
             side.node(INPUT)
             side.node("legend", _legend_label(min(scores), top), shape="plain")
     return dot
+
+
+def _order_pairs(order: list[str], pairs: set[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The pairs in a stable order: by source, then target, in graph order."""
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(pairs, key=lambda pair: (rank[pair[0]], rank[pair[1]]))
+
+
+def _drop_long_implied(
+    pairs: set[tuple[str, str]], order: list[str], span: int = 3
+) -> set[tuple[str, str]]:
+    """Drop an edge a→c that jumps over more than `span` boxes when c is reachable another way.
+
+    A residual stream joins every block's output to every later reader; drawn in full, a
+    ResNet becomes a hairball. Short skips (a block's own shortcut) stay visible, and so
+    does reachability, the order of the chain.
+    """
+    rank = {name: i for i, name in enumerate(order)}
+    successors: dict[str, set[str]] = {}
+    for src, dst in pairs:
+        successors.setdefault(src, set()).add(dst)
+
+    def reachable_without(src: str, dst: str) -> bool:
+        stack = [n for n in successors.get(src, ()) if n != dst]
+        seen = set(stack)
+        while stack:
+            node = stack.pop()
+            if node == dst:
+                return True
+            for nxt in successors.get(node, ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append(nxt)
+        return False
+
+    return {
+        (src, dst)
+        for src, dst in pairs
+        if rank[dst] - rank[src] <= span or not reachable_without(src, dst)
+    }
 
 
 def write_chain_diagram(

@@ -19,9 +19,6 @@ from chainx.score_points import ScorePoint, scored_model
 
 OUTPUT_KINDS = ("logits", "probabilities", "log-probabilities")
 
-# onnx2torch's Slice indexes with a list; torch warns on every call.
-warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)
-
 
 def output_kind(model: onnx.ModelProto) -> str:
     """What the model's output holds, judged by the op that produces it."""
@@ -88,7 +85,10 @@ class ScoringModel(nn.Module):
             m.reshape(1, -1, *([1] * (point.rank - 2)))
             for m, point in zip(multipliers, self.points, strict=True)
         ]
-        return self.net(x, *shaped)
+        with warnings.catch_warnings():
+            # onnx2torch's Slice indexes with a list; torch warns about it on every call.
+            warnings.filterwarnings("ignore", message="Using a non-tuple", category=UserWarning)
+            return self.net(x, *shaped)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x, self.multipliers())

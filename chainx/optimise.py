@@ -112,16 +112,23 @@ class Objective:
         self.augment = augment and images.shape[-1] >= 8
         self.generator = torch.Generator().manual_seed(seed)
         self.count = len(images)
+        self.fixed: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def _targets(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return log_probabilities(self.scoring.unscored(images), self.kind)
 
     def _batches(self, augment: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        batches = []
-        for images in self.images:
-            if augment:
-                images = _jitter(images, self.generator)
-            with torch.no_grad():
-                target = log_probabilities(self.scoring.unscored(images), self.kind)
-            batches.append((images, target))
-        return batches
+        """The region in batches with the original's log-probabilities as targets.
+
+        Unjittered targets never change, so they are computed once.
+        """
+        if not augment:
+            if self.fixed is None:
+                self.fixed = [(images, self._targets(images)) for images in self.images]
+            return self.fixed
+        jittered = [_jitter(images, self.generator) for images in self.images]
+        return [(images, self._targets(images)) for images in jittered]
 
     def step(
         self, lam: float = 0.0, augment: bool = False, margin: float = 0.0

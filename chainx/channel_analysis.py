@@ -30,14 +30,6 @@ class ChannelAnalysis:
             self.live(name).any() for name in outputs
         )
 
-    @property
-    def frozen_nodes(self) -> list[onnx.NodeProto]:
-        return [
-            node
-            for node in self.g.nodes
-            if self.rules[node.name].frozen and self.g.activation_inputs(node)
-        ]
-
 
 def analyse_channels(g: GraphIndex) -> ChannelAnalysis:
     rules = {node.name: rule_for(node, g) for node in g.nodes}

@@ -14,7 +14,14 @@ from chainx.export import multipliers_from_metadata, read_metadata, slices_from_
 from chainx.images import Preprocessing, load_images
 from chainx.model_io import load_model, normalise, sha256_file
 from chainx.score_points import find_score_points
-from chainx.verify import check_exact_copies, check_exactness, fidelity, run, session
+from chainx.verify import (
+    check_exact_copies,
+    check_exactness,
+    fidelity,
+    region_classes,
+    run,
+    session,
+)
 
 
 @dataclass
@@ -85,7 +92,7 @@ def verify_saved_chain(sources: ChainSources) -> dict[str, Any]:
     exactness = check_exactness(chain_out, expected)
     copies = check_exact_copies(chain, original, slices_from_metadata(metadata), normalised)
     original_out = run(session(sources.model), region.array)
-    classes = sorted({int(c) for c in original_out.argmax(1)})
+    classes = region_classes(original_out)
     region_fidelity = fidelity(chain_out, original_out, kind, classes)
     holdout_fidelity = None
     if sources.holdout:

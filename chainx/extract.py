@@ -17,7 +17,7 @@ from chainx import __version__
 from chainx.diagram import write_chain_diagram
 from chainx.errors import VerificationError
 from chainx.export import export_chain
-from chainx.images import ImageSet, Preprocessing, load_images, make_preprocessing
+from chainx.images import load_images, make_preprocessing
 from chainx.layers import display_names, layer_edges
 from chainx.model_io import load_model, normalise, sha256_file
 from chainx.onnx_graph import GraphIndex
@@ -26,11 +26,11 @@ from chainx.outputs import check_output_dir, write_atomic
 from chainx.result import LayerGraph, LayerResult
 from chainx.score_points import find_score_points
 from chainx.verify import (
-    Fidelity,
     check_exact_copies,
     check_exactness,
     fidelity,
     model_cost,
+    region_classes,
     run,
     session,
 )
@@ -64,20 +64,6 @@ class ExtractReport:
     summary: dict[str, Any]
     files: dict[str, str]
     data: dict[str, Any]
-
-
-def _fidelity(
-    chain: onnx.ModelProto,
-    original: Path,
-    images: ImageSet,
-    kind: str,
-    classes: list[int] | None = None,
-) -> tuple[Fidelity, list[int]]:
-    original_out = run(session(original), images.array)
-    chain_out = run(session(chain), images.array)
-    if classes is None:
-        classes = sorted({int(c) for c in original_out.argmax(1)})
-    return fidelity(chain_out, original_out, kind, classes), classes
 
 
 def extract(options: ExtractOptions, listener: Listener | None = None) -> ExtractReport:
@@ -133,13 +119,18 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
         scoring.to("cpu")
         values = [torch.from_numpy(result.multipliers[p.conv]) for p in points]
         expected = scoring.run(torch.from_numpy(region.array), values).numpy()
-    chain_out = run(session(chain), region.array)
+    chain_session, original_session = session(chain), session(options.model)
+    chain_out = run(chain_session, region.array)
     exactness = check_exactness(chain_out, expected)
     copies = check_exact_copies(chain, original, surgery.slices, normalised)
-    region_fidelity, classes = _fidelity(chain, options.model, region, kind)
-    holdout_fidelity = (
-        _fidelity(chain, options.model, holdout, kind, classes)[0] if holdout else None
-    )
+    original_out = run(original_session, region.array)
+    classes = region_classes(original_out)
+    region_fidelity = fidelity(chain_out, original_out, kind, classes)
+    holdout_fidelity = None
+    if holdout:
+        holdout_fidelity = fidelity(
+            run(chain_session, holdout.array), run(original_session, holdout.array), kind, classes
+        )
     timings["verify_s"] = time.perf_counter() - mark
 
     layers = _layer_results(points, result.multipliers, result.gates)
@@ -236,6 +227,3 @@ def _layer_results(
             )
         )
     return layers
-
-
-__all__ = ["ExtractOptions", "ExtractReport", "Listener", "Preprocessing", "extract"]

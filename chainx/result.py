@@ -34,17 +34,6 @@ class LayerResult:
             ],
         }
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> LayerResult:
-        return cls(
-            node=data["node"],
-            display=data["display"],
-            total=data["total"],
-            gate=data["gate"],
-            kept_indices=[f["index"] for f in data["filters"]],
-            kept_scores=[f["score"] for f in data["filters"]],
-        )
-
 
 @dataclass
 class LayerGraph:

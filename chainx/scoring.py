@@ -17,8 +17,6 @@ from torch import nn
 from chainx.errors import ChainxError
 from chainx.score_points import ScorePoint, scored_model
 
-OUTPUT_KINDS = ("logits", "probabilities", "log-probabilities")
-
 
 def output_kind(model: onnx.ModelProto) -> str:
     """What the model's output holds, judged by the op that produces it."""

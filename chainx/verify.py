@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -153,6 +152,11 @@ def _log_softmax(values: np.ndarray, kind: str) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
+def region_classes(original_output: np.ndarray) -> list[int]:
+    """The classes the original predicts on the region."""
+    return sorted({int(c) for c in original_output.argmax(1)})
+
+
 @dataclass
 class Fidelity:
     images: int
@@ -200,7 +204,3 @@ def model_cost(path: Path, image: np.ndarray, repeats: int = 20) -> ModelCost:
         sess.run(None, {name: image})
         timings.append(time.perf_counter() - started)
     return ModelCost(parameters, path.stat().st_size, 1000 * float(np.median(timings)))
-
-
-def as_json(value: Any) -> dict[str, Any]:
-    return asdict(value)

@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
 
 from chainx.errors import ChainxError
-from chainx.export import multipliers_from_metadata, read_metadata, slices_from_metadata
+from chainx.export import (
+    chain_summary,
+    multipliers_from_metadata,
+    read_metadata,
+    slices_from_metadata,
+)
 from chainx.images import Preprocessing, load_images
 from chainx.model_io import load_model, normalise, sha256_file
 from chainx.score_points import find_score_points
-from chainx.verify import (
-    check_exact_copies,
-    check_exactness,
-    fidelity,
-    region_classes,
-    run,
-    session,
-)
+from chainx.verify import verify_chain
 
 
 @dataclass
@@ -70,16 +68,9 @@ def verify_saved_chain(sources: ChainSources) -> dict[str, Any]:
     if digest != metadata.get("chainx.source_sha256"):
         warnings.append(f"{sources.model} is not the model the chain was extracted from")
     settings = json.loads(metadata["chainx.settings"])
-    prep_data = settings["preprocessing"]
-    prep = Preprocessing(
-        size=prep_data["size"],
-        resize=prep_data["resize"],
-        mean=tuple(prep_data["mean"]),
-        std=tuple(prep_data["std"]),
-        channels=prep_data["channels"],
-    )
-    kind = settings["output_kind"]
+    prep = Preprocessing.from_json(settings["preprocessing"])
     region = load_images(sources.images, prep)
+    holdout = load_images(sources.holdout, prep).array if sources.holdout else None
     normalised = normalise(original)
     points = find_score_points(normalised)
     multipliers = multipliers_from_metadata(metadata)
@@ -87,38 +78,22 @@ def verify_saved_chain(sources: ChainSources) -> dict[str, Any]:
         raise ChainxError(
             f"{sources.chain}: its layers do not match the Conv layers of {sources.model}."
         )
-    expected = masked_outputs(normalised, points, multipliers, region.array)
-    chain_out = run(session(chain), region.array)
-    exactness = check_exactness(chain_out, expected)
-    copies = check_exact_copies(chain, original, slices_from_metadata(metadata), normalised)
-    original_out = run(session(sources.model), region.array)
-    classes = region_classes(original_out)
-    region_fidelity = fidelity(chain_out, original_out, kind, classes)
-    holdout_fidelity = None
-    if sources.holdout:
-        held = load_images(sources.holdout, prep)
-        holdout_fidelity = fidelity(
-            run(session(chain), held.array), run(session(sources.model), held.array), kind, classes
-        )
-    kept = sum(len(v.nonzero()[0]) for v in multipliers.values())
-    total = sum(len(v) for v in multipliers.values())
-    layers_kept = sum(bool(v.any()) for v in multipliers.values())
     onnx.checker.check_model(chain, full_check=True)
+    verification = verify_chain(
+        chain,
+        sources.model,
+        original,
+        normalised,
+        slices_from_metadata(metadata),
+        masked_outputs(normalised, points, multipliers, region.array),
+        region.array,
+        holdout,
+        settings["output_kind"],
+    )
     return {
-        "passed": exactness.passed and copies.passed and not warnings,
+        "passed": verification.passed and not warnings,
         "warnings": warnings,
-        "summary": {
-            "layers_kept": layers_kept,
-            "layers_total": len(multipliers),
-            "filters_kept": kept,
-            "filters_total": total,
-            "filters_removed_fraction": 1 - kept / total,
-        },
-        "metrics": {
-            "exactness": asdict(exactness),
-            "exact_copies": {"checked": copies.checked, "mismatched": copies.mismatched},
-            "region": asdict(region_fidelity),
-            "holdout": asdict(holdout_fidelity) if holdout_fidelity else None,
-        },
+        "summary": chain_summary(multipliers),
+        "metrics": verification.to_json(),
         "files": {"chain.onnx": str(sources.chain)},
     }

@@ -255,6 +255,8 @@ def verify(
     except (ChainxError, VerificationError) as error:
         _fail(error)
     _print_summary(data)
+    for warning in data["warnings"]:
+        console.print(f"[bold yellow]warning:[/] {warning}")
     if not data["passed"]:
         console.print("[bold red]verification failed[/]")
         raise typer.Exit(1)

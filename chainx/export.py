@@ -48,6 +48,19 @@ def export_chain(
     return result
 
 
+def chain_summary(multipliers: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Layers and filters kept: a filter is kept when its multiplier is not zero."""
+    kept = sum(int(np.count_nonzero(v)) for v in multipliers.values())
+    total = sum(len(v) for v in multipliers.values())
+    return {
+        "layers_kept": sum(bool(v.any()) for v in multipliers.values()),
+        "layers_total": len(multipliers),
+        "filters_kept": kept,
+        "filters_total": total,
+        "filters_removed_fraction": 1 - kept / total,
+    }
+
+
 def read_metadata(chain: onnx.ModelProto) -> dict[str, str]:
     return {entry.key: entry.value for entry in chain.metadata_props}
 

@@ -16,7 +16,7 @@ import onnx
 from chainx import __version__
 from chainx.diagram import write_chain_diagram
 from chainx.errors import VerificationError
-from chainx.export import export_chain
+from chainx.export import chain_summary, export_chain
 from chainx.images import load_images, make_preprocessing
 from chainx.layers import display_names, layer_edges
 from chainx.model_io import load_model, normalise, sha256_file
@@ -25,15 +25,7 @@ from chainx.optimise import OptimiseSettings, StepReport, optimise, resolve_devi
 from chainx.outputs import check_output_dir, write_atomic
 from chainx.result import LayerGraph, LayerResult
 from chainx.score_points import find_score_points
-from chainx.verify import (
-    check_exact_copies,
-    check_exactness,
-    fidelity,
-    model_cost,
-    region_classes,
-    run,
-    session,
-)
+from chainx.verify import model_cost, verify_chain
 
 
 @dataclass
@@ -113,38 +105,22 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
     timings["export_s"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    import torch
-
-    with torch.no_grad():
-        scoring.to("cpu")
-        values = [torch.from_numpy(result.multipliers[p.conv]) for p in points]
-        expected = scoring.run(torch.from_numpy(region.array), values).numpy()
-    chain_session, original_session = session(chain), session(options.model)
-    chain_out = run(chain_session, region.array)
-    exactness = check_exactness(chain_out, expected)
-    copies = check_exact_copies(chain, original, surgery.slices, normalised)
-    original_out = run(original_session, region.array)
-    classes = region_classes(original_out)
-    region_fidelity = fidelity(chain_out, original_out, kind, classes)
-    holdout_fidelity = None
-    if holdout:
-        holdout_fidelity = fidelity(
-            run(chain_session, holdout.array), run(original_session, holdout.array), kind, classes
-        )
+    verification = verify_chain(
+        chain,
+        options.model,
+        original,
+        normalised,
+        surgery.slices,
+        scoring.masked(region.array, result.multipliers),
+        region.array,
+        holdout.array if holdout else None,
+        kind,
+    )
     timings["verify_s"] = time.perf_counter() - mark
 
     layers = _layer_results(points, result.multipliers, result.gates)
     edges = layer_edges(GraphIndex.build(normalised), [p.conv for p in points])
-    kept_layers = sum(layer.kept > 0 for layer in layers)
-    kept_filters = sum(layer.kept for layer in layers)
-    total_filters = sum(layer.total for layer in layers)
-    summary = {
-        "layers_kept": kept_layers,
-        "layers_total": len(layers),
-        "filters_kept": kept_filters,
-        "filters_total": total_filters,
-        "filters_removed_fraction": 1 - kept_filters / total_filters,
-    }
+    summary = chain_summary(result.multipliers)
 
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
@@ -179,11 +155,7 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
         "edges": edges,
         "frozen_ops": [{"node": name, "op_type": op} for name, op in surgery.frozen],
         "metrics": {
-            "exactness": asdict(exactness),
-            "exact_copies": {"checked": copies.checked, "mismatched": copies.mismatched},
-            "region_classes": classes,
-            "region": asdict(region_fidelity),
-            "holdout": asdict(holdout_fidelity) if holdout_fidelity else None,
+            **verification.to_json(),
             "cost": cost,
             "optimisation": {"steps": result.steps, "finetune_steps": result.finetune_steps},
         },
@@ -192,20 +164,9 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
     }
     write_atomic(out / "chain.json", json.dumps(data, indent=2).encode())
     report = ExtractReport(out=out, summary=summary, files=files, data=data)
-    if not exactness.passed or not copies.passed:
-        raise VerificationError(_verification_failure(exactness, copies))
+    if not verification.passed:
+        raise VerificationError(verification.failure())
     return report
-
-
-def _verification_failure(exactness: Any, copies: Any) -> str:
-    problems = []
-    if not exactness.passed:
-        problems.append(
-            f"chain.onnx differs from the masked scoring model: max |Δ| "
-            f"{exactness.max_abs_diff:.3g} > tolerance {exactness.tolerance:.3g}"
-        )
-    problems += copies.mismatched
-    return "verification failed: " + "; ".join(problems)
 
 
 def _layer_results(

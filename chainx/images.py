@@ -39,6 +39,16 @@ class Preprocessing:
             "channels": self.channels,
         }
 
+    @classmethod
+    def from_json(cls, data: dict) -> Preprocessing:
+        return cls(
+            size=data["size"],
+            resize=data["resize"],
+            mean=tuple(data["mean"]),
+            std=tuple(data["std"]),
+            channels=data["channels"],
+        )
+
 
 @dataclass
 class ImageSet:

@@ -91,6 +91,15 @@ class ScoringModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x, self.multipliers())
 
+    def masked(self, images: np.ndarray, multipliers: dict[str, np.ndarray]) -> np.ndarray:
+        """The output for fixed multipliers, on the CPU: what chain.onnx must reproduce."""
+        self.to("cpu")
+        values = [
+            torch.from_numpy(np.asarray(multipliers[p.conv], np.float32)) for p in self.points
+        ]
+        with torch.no_grad():
+            return self.run(torch.from_numpy(images), values).numpy()
+
     def unscored(self, x: torch.Tensor) -> torch.Tensor:
         """The original network's output: every multiplier is exactly 1."""
         ones = [torch.ones(point.channels, device=x.device) for point in self.points]
@@ -104,7 +113,4 @@ def masked_outputs(
     images: np.ndarray,
 ) -> np.ndarray:
     """The masked torch scoring model's output for fixed multipliers, on the CPU."""
-    scoring = ScoringModel(model, points)
-    values = [torch.from_numpy(np.asarray(multipliers[p.conv], np.float32)) for p in points]
-    with torch.no_grad():
-        return scoring.run(torch.from_numpy(images), values).numpy()
+    return ScoringModel(model, points).masked(images, multipliers)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +183,66 @@ def fidelity(
     )
     count = len(original_output)
     return Fidelity(count, agree, agree / count, class_agree, class_agree / count, kl)
+
+
+@dataclass
+class ChainVerification:
+    exactness: Exactness
+    copies: CopyCheck
+    classes: list[int]
+    region: Fidelity
+    holdout: Fidelity | None
+
+    @property
+    def passed(self) -> bool:
+        return self.exactness.passed and self.copies.passed
+
+    def failure(self) -> str:
+        problems = []
+        if not self.exactness.passed:
+            problems.append(
+                f"chain.onnx differs from the masked scoring model: max |Δ| "
+                f"{self.exactness.max_abs_diff:.3g} > tolerance {self.exactness.tolerance:.3g}"
+            )
+        return "verification failed: " + "; ".join(problems + self.copies.mismatched)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "exactness": asdict(self.exactness),
+            "exact_copies": {"checked": self.copies.checked, "mismatched": self.copies.mismatched},
+            "region_classes": self.classes,
+            "region": asdict(self.region),
+            "holdout": asdict(self.holdout) if self.holdout else None,
+        }
+
+
+def verify_chain(
+    chain: onnx.ModelProto,
+    original_path: Path,
+    original: onnx.ModelProto,
+    normalised: onnx.ModelProto,
+    slices: list[WeightSlice],
+    expected: np.ndarray,
+    region: np.ndarray,
+    holdout: np.ndarray | None,
+    kind: str,
+) -> ChainVerification:
+    """Every check of a chain: exactness against `expected` (the masked scoring model's
+    output on `region`), exact copies, and fidelity to the original on region and holdout."""
+    chain_session, original_session = session(chain), session(original_path)
+    chain_out = run(chain_session, region)
+    original_out = run(original_session, region)
+    classes = region_classes(original_out)
+    held = None
+    if holdout is not None:
+        held = fidelity(run(chain_session, holdout), run(original_session, holdout), kind, classes)
+    return ChainVerification(
+        exactness=check_exactness(chain_out, expected),
+        copies=check_exact_copies(chain, original, slices, normalised),
+        classes=classes,
+        region=fidelity(chain_out, original_out, kind, classes),
+        holdout=held,
+    )
 
 
 @dataclass

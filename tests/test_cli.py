@@ -128,3 +128,15 @@ def test_bad_mean_is_a_user_error(tmp_path: Path) -> None:
 def test_an_earlier_output_is_replaced_without_force(extracted: Path) -> None:
     result = invoke("extract", SAMPLE_MODEL, SAMPLE_REGION, "--out", extracted, *QUICK)
     assert result.exit_code == 0, result.output
+
+
+def test_verify_against_another_model_file_says_why_it_fails(
+    extracted: Path, tmp_path: Path
+) -> None:
+    other = onnx.load(str(SAMPLE_MODEL))
+    other.doc_string = "same weights, different file"
+    other_path = tmp_path / "other.onnx"
+    onnx.save(other, str(other_path))
+    result = invoke("verify", extracted / "chain.onnx", other_path, SAMPLE_REGION)
+    assert result.exit_code == 1
+    assert "not the model the chain was extracted from" in result.output

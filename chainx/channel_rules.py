@@ -4,10 +4,12 @@ Every rule answers three questions about a node, each on per-channel boolean arr
 the channel axis (axis 1) of its activations:
 
 - `zeros`: which output channels are identically zero, given which input channels are;
+- `consts`: which output channels are a known constant (the same value at every pixel and
+  image), given the constants of the inputs;
 - `needs`: which input channels can change a needed output channel;
 - `emit`: how to write the node into the smaller graph, given the *layout* of each input
   (the original channel indices that the emitted tensor still carries). A channel missing
-  from a layout is zero, or not needed by anything downstream.
+  from a layout is a known constant (zero, most often), or not needed by anything downstream.
 
 An op without a rule, or with attributes a rule does not understand, is frozen: it sees
 every channel of its inputs in the original order, and all its outputs are needed and live.
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from chainx.surgery import Emitter
 
 Masks = dict[str, np.ndarray]
+Values = dict[str, np.ndarray]
 
 
 class Rule:
@@ -41,6 +44,11 @@ class Rule:
         for name in node.output:
             if g.is_activation(name):
                 zero[name] = np.zeros(g.width[name], bool)
+
+    def consts(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, const: Values) -> None:
+        for name in node.output:
+            if g.is_activation(name):
+                const[name] = np.full(g.width[name], np.nan)
 
     def needs(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, need: Masks) -> None:
         for name in g.activation_inputs(node):
@@ -119,6 +127,18 @@ class ChannelwiseRule(Rule):
         x, y = _single(node, g)
         zero[y] = zero[x] & self.zero_preserved(node, g)
 
+    def constant_of(self, node: onnx.NodeProto, g: GraphIndex, values: np.ndarray) -> np.ndarray:
+        """The op applied to per-channel constants; NaN where the result is not known."""
+        function = CONSTANT_FUNCTIONS.get(node.op_type)
+        if function is None:
+            return np.full(len(values), np.nan)
+        with np.errstate(all="ignore"):
+            return function(values, attributes(node))
+
+    def consts(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, const: Values) -> None:
+        x, y = _single(node, g)
+        const[y] = self.constant_of(node, g, const[x])
+
     def needs(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, need: Masks) -> None:
         x, y = _single(node, g)
         need[x] |= need[y]
@@ -127,8 +147,7 @@ class ChannelwiseRule(Rule):
         x, y = _single(node, em.g)
         layout = em.layout(x)
         if not self.zero_preserved(node, em.g).all():
-            live_out = np.flatnonzero(em.need[y] & ~em.zero[y])
-            layout = np.union1d(layout, live_out)
+            layout = np.union1d(layout, np.flatnonzero(em.live(y)))
         inputs = [em.remapped(x, layout)]
         rank = len(em.g.shapes[x])
         for position, name in enumerate(node.input[1:], start=1):
@@ -148,6 +167,53 @@ class ZeroPreservingRule(ChannelwiseRule):
     """Relu, pooling and friends: f(0) = 0 on every channel."""
 
 
+class AveragePoolRule(ChannelwiseRule):
+    """AveragePool: a constant stays constant unless padding is counted in the average."""
+
+    def constant_of(self, node: onnx.NodeProto, g: GraphIndex, values: np.ndarray) -> np.ndarray:
+        attrs = attributes(node)
+        if attrs.get("count_include_pad", 0) and any(attrs.get("pads", [])):
+            return np.full(len(values), np.nan)
+        return values.copy()
+
+
+class ReduceRule(ChannelwiseRule):
+    """ReduceMean/Max/Min/Sum over spatial axes only: per channel, like global pooling."""
+
+    def _axes(self, node: onnx.NodeProto, g: GraphIndex) -> np.ndarray | None:
+        if len(node.input) > 1 and node.input[1]:
+            axes = g.constants.get(node.input[1])
+        else:
+            axes = attributes(node).get("axes")
+        if axes is None or len(np.atleast_1d(axes)) == 0:
+            return None
+        return np.atleast_1d(np.asarray(axes, np.int64)) % len(g.shapes[node.input[0]])
+
+    def accepts(self, node: onnx.NodeProto, g: GraphIndex) -> bool:
+        if not _one_activation_in_out(node, g):
+            return False
+        axes = self._axes(node, g)
+        return axes is not None and 0 not in axes and 1 not in axes
+
+    def constant_of(self, node: onnx.NodeProto, g: GraphIndex, values: np.ndarray) -> np.ndarray:
+        if node.op_type == "ReduceSum":
+            return np.full(len(values), np.nan)
+        return values.copy()
+
+
+class ResizeRule(ChannelwiseRule):
+    """Resize or Upsample of the spatial axes: interpolating zeros gives zeros."""
+
+    def accepts(self, node: onnx.NodeProto, g: GraphIndex) -> bool:
+        mode = attributes(node).get("coordinate_transformation_mode", b"half_pixel")
+        return mode != b"tf_crop_and_resize" and _one_activation_in_out(node, g)
+
+    def constant_of(self, node: onnx.NodeProto, g: GraphIndex, values: np.ndarray) -> np.ndarray:
+        if attributes(node).get("mode", b"nearest") == b"cubic":
+            return np.full(len(values), np.nan)
+        return values.copy()
+
+
 class NonZeroPreservingRule(ChannelwiseRule):
     """Sigmoid, Softplus, Exp: an all-zero channel becomes a non-zero constant."""
 
@@ -156,14 +222,21 @@ class NonZeroPreservingRule(ChannelwiseRule):
 
 
 class ClipRule(ChannelwiseRule):
-    def zero_preserved(self, node: onnx.NodeProto, g: GraphIndex) -> np.ndarray:
+    def _bounds(self, node: onnx.NodeProto, g: GraphIndex) -> tuple[float, float]:
         attrs = attributes(node)
         low, high = attrs.get("min", -np.inf), attrs.get("max", np.inf)
         if len(node.input) > 1 and node.input[1]:
             low = float(g.constants[node.input[1]])
         if len(node.input) > 2 and node.input[2]:
             high = float(g.constants[node.input[2]])
+        return low, high
+
+    def zero_preserved(self, node: onnx.NodeProto, g: GraphIndex) -> np.ndarray:
+        low, high = self._bounds(node, g)
         return np.full(g.width[node.output[0]], low <= 0 <= high)
+
+    def constant_of(self, node: onnx.NodeProto, g: GraphIndex, values: np.ndarray) -> np.ndarray:
+        return np.clip(values, *self._bounds(node, g))
 
 
 class BatchNormRule(ChannelwiseRule):
@@ -173,10 +246,13 @@ class BatchNormRule(ChannelwiseRule):
     def accepts(self, node: onnx.NodeProto, g: GraphIndex) -> bool:
         return len([o for o in node.output if o]) == 1 and super().accepts(node, g)
 
-    def zero_preserved(self, node: onnx.NodeProto, g: GraphIndex) -> np.ndarray:
+    def constant_of(self, node: onnx.NodeProto, g: GraphIndex, values: np.ndarray) -> np.ndarray:
         scale, bias, mean, var = (g.constants[name].astype(np.float64) for name in node.input[1:5])
         epsilon = float(attributes(node).get("epsilon", 1e-5))
-        return bias - scale * mean / np.sqrt(var + epsilon) == 0
+        return scale * (values - mean) / np.sqrt(var + epsilon) + bias
+
+    def zero_preserved(self, node: onnx.NodeProto, g: GraphIndex) -> np.ndarray:
+        return self.constant_of(node, g, np.zeros(g.width[node.output[0]])) == 0
 
 
 class PadRule(Rule):
@@ -227,6 +303,16 @@ class PadRule(Rule):
         head = self._head(node, g)
         out[head : head + g.width[x]] = zero[x]
         zero[y] = out
+
+    def consts(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, const: Values) -> None:
+        x, y = _single(node, g)
+        out = np.zeros(g.width[y])
+        head = self._head(node, g)
+        # Spatial zero padding makes a constant channel vary at the borders.
+        spatial = self._pads(node, g).reshape(2, -1)[:, 2:].any()
+        inner = np.where(const[x] == 0, 0.0, np.nan) if spatial else const[x]
+        out[head : head + g.width[x]] = inner
+        const[y] = out
 
     def needs(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, need: Masks) -> None:
         x, y = _single(node, g)
@@ -289,6 +375,10 @@ class SliceRule(Rule):
     def zeros(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks) -> None:
         x, y = _single(node, g)
         zero[y] = zero[x][self.source(node, g)]
+
+    def consts(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, const: Values) -> None:
+        x, y = _single(node, g)
+        const[y] = const[x][self.source(node, g)]
 
     def needs(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, need: Masks) -> None:
         x, y = _single(node, g)
@@ -355,6 +445,19 @@ class BinaryRule(Rule):
         else:
             zero[y] = operands[0]
 
+    def consts(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, const: Values) -> None:
+        y = node.output[0]
+        a, b = (
+            const[name]
+            if g.is_activation(name)
+            else per_channel(g.constants[name], g.width[y], len(g.shapes[y]))
+            for name in node.input
+        )
+        with np.errstate(all="ignore"):
+            const[y] = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}.get(
+                node.op_type, np.divide
+            )(a, b)
+
     def needs(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, need: Masks) -> None:
         y = node.output[0]
         for position, name in enumerate(node.input):
@@ -370,17 +473,15 @@ class BinaryRule(Rule):
         g, y = em.g, node.output[0]
         activations = g.activation_inputs(node)
         layouts = [em.layout(name) for name in activations]
-        if node.op_type in {"Add", "Sub"}:
-            # A missing channel is zero or unneeded: adding it changes nothing needed.
-            live = [name for name, layout in zip(activations, layouts, strict=True) if len(layout)]
-            if node.op_type == "Add" and len(live) == 1 and len(activations) == 2:
-                em.set(y, em.src(live[0]), em.layout(live[0]))
-                return
-            layout = np.unique(np.concatenate(layouts)) if layouts else np.arange(0)
-        else:
-            layout = layouts[0]
-            for other in layouts[1:]:
-                layout = np.intersect1d(layout, other)
+        if node.op_type == "Add" and len(activations) == 2:
+            # A residual Add whose other branch is zero on every needed channel: the identity.
+            for name, other in (activations, activations[::-1]):
+                if len(em.layout(other)) == 0 and not (em.need[y] & (em.const[other] != 0)).any():
+                    em.set(y, em.src(name), em.layout(name))
+                    return
+        # Channels constant at the output need not be carried; the others come from any input.
+        layout = np.unique(np.concatenate(layouts)) if layouts else np.arange(0)
+        layout = layout[np.isnan(em.const[y][layout])]
         rank = len(g.shapes[y])
         inputs = [
             em.remapped(name, layout)
@@ -392,15 +493,65 @@ class BinaryRule(Rule):
         em.set(y, y, layout)
 
 
+class ConcatRule(Rule):
+    """Concat on the channel axis: input i fills the output channels from its offset on."""
+
+    frozen = False
+
+    def accepts(self, node: onnx.NodeProto, g: GraphIndex) -> bool:
+        y = node.output[0]
+        if not g.is_activation(y) or not all(g.is_activation(name) for name in node.input):
+            return False
+        rank = len(g.shapes[y])
+        return (
+            int(attributes(node).get("axis", 0)) % rank == 1
+            and sum(g.width[name] for name in node.input) == g.width[y]
+        )
+
+    def _offsets(self, node: onnx.NodeProto, g: GraphIndex) -> np.ndarray:
+        return np.cumsum([0] + [g.width[name] for name in node.input])[:-1]
+
+    def zeros(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks) -> None:
+        zero[node.output[0]] = np.concatenate([zero[name] for name in node.input])
+
+    def consts(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, const: Values) -> None:
+        const[node.output[0]] = np.concatenate([const[name] for name in node.input])
+
+    def needs(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, need: Masks) -> None:
+        y = node.output[0]
+        for name, offset in zip(node.input, self._offsets(node, g), strict=True):
+            need[name] |= need[y][offset : offset + g.width[name]]
+
+    def emit(self, node: onnx.NodeProto, em: Emitter) -> None:
+        y = node.output[0]
+        parts = [
+            (name, em.layout(name) + offset)
+            for name, offset in zip(node.input, self._offsets(node, em.g), strict=True)
+            if len(em.layout(name))
+        ]
+        if not parts:
+            em.set(y, "", np.arange(0))
+            return
+        layout = np.concatenate([layout for _, layout in parts])
+        if len(parts) == 1:
+            em.set(y, em.src(parts[0][0]), layout)
+            return
+        em.copy(node, [em.src(name) for name, _ in parts])
+        em.set(y, y, layout)
+
+
 def _conv_groups(node: onnx.NodeProto) -> int:
     return int(attributes(node).get("group", 1))
 
 
 class ConvRule(Rule):
-    """Conv with groups = 1 (dense) or groups = channels (depthwise).
+    """Conv: dense, depthwise or grouped.
 
     The kept filters are the output channels that are needed and not zero; each is a
-    bit-identical copy of the original filter, restricted to the input channels kept.
+    bit-identical copy of the original filter, restricted to the input channels kept. A
+    grouped Conv keeps the groups that hold a kept filter; as every group of a Conv must
+    have the same size, each kept group carries as many rows and input channels as the
+    largest needs (the extra rows are real filters whose outputs nothing needs).
     """
 
     frozen = False
@@ -412,7 +563,7 @@ class ConvRule(Rule):
         if len(node.input) > 2 and node.input[2] and node.input[2] not in g.constants:
             return False
         groups = _conv_groups(node)
-        return groups == 1 or groups == g.width[x] == g.width[y]
+        return g.width[x] % groups == 0 and g.width[y] % groups == 0
 
     def _weight(self, node: onnx.NodeProto, g: GraphIndex) -> np.ndarray:
         return g.constants[node.input[1]]
@@ -426,9 +577,15 @@ class ConvRule(Rule):
         """(out, in) booleans: whether filter o has any non-zero weight on input channel c."""
         weight = self._weight(node, g)
         nonzero = (weight != 0).reshape(weight.shape[0], weight.shape[1], -1).any(axis=2)
-        if _conv_groups(node) == 1:
+        groups = _conv_groups(node)
+        if groups == 1:
             return nonzero
-        return np.diag(nonzero[:, 0])
+        group_out, group_in = weight.shape[0] // groups, weight.shape[1]
+        full = np.zeros((weight.shape[0], group_in * groups), bool)
+        for group in range(groups):
+            rows = slice(group * group_out, (group + 1) * group_out)
+            full[rows, group * group_in : (group + 1) * group_in] = nonzero[rows]
+        return full
 
     def zeros(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks) -> None:
         x, y = node.input[0], node.output[0]
@@ -443,24 +600,61 @@ class ConvRule(Rule):
         g, x, y = em.g, node.input[0], node.output[0]
         rows = np.flatnonzero(em.need[y] & ~em.zero[y])
         weight = self._weight(node, g)
-        depthwise = _conv_groups(node) != 1
-        if depthwise:
-            columns = np.arange(1)
-            source = em.remapped(x, rows)
+        groups = _conv_groups(node)
+        attrs: dict[str, object] = {}
+        reads = self._contributes(node, g)[rows].any(axis=0)
+        constants = em.constant_inputs(x, reads)
+        fold = np.zeros(len(rows))
+        if groups == 1 and len(constants) and self._pointwise(node, g):
+            # A 1×1 conv without padding sees a constant channel as k at every pixel: k·W[:, c]
+            # is an exact bias term.
+            block = weight[np.ix_(rows, constants)].reshape(len(rows), len(constants))
+            fold = block.astype(np.float64) @ em.const[x][constants]
+            constants = np.arange(0)
+        present = np.union1d(em.layout(x), constants)
+        if groups == 1:
+            columns = present if len(present) else np.arange(1)
+            # Every input channel zero: one zero channel keeps the Conv well-formed.
+            source = em.remapped(x, columns)
         else:
-            columns = em.layout(x)
-            if len(columns) == 0:
-                # Every input channel is zero: one zero channel keeps the Conv well-formed.
-                columns = np.arange(1)
-                source = em.remapped(x, columns)
-            else:
-                source = em.src(x)
+            rows, columns, channels = self._grouped(node, em, rows, present)
+            source = em.remapped(x, channels)
+            attrs["group"] = len(channels) // len(columns)
         inputs = [source, em.weight_slice(node, 1, weight, rows, columns)]
-        if len(node.input) > 2 and node.input[2]:
+        has_bias = len(node.input) > 2 and node.input[2]
+        if fold.any():
+            bias = g.constants[node.input[2]][rows] if has_bias else np.zeros(len(rows))
+            folded = (bias.astype(np.float64) + fold).astype(weight.dtype)
+            inputs.append(em.constant(node.input[2] if has_bias else f"{node.name}_bias", folded))
+        elif has_bias:
             inputs.append(em.constant(node.input[2], g.constants[node.input[2]][rows]))
-        attrs = {"group": len(rows)} if depthwise else {}
         em.copy(node, inputs, attrs)
         em.set(y, y, rows)
+
+    def _pointwise(self, node: onnx.NodeProto, g: GraphIndex) -> bool:
+        kernel = self._weight(node, g).shape[2:]
+        return all(size == 1 for size in kernel) and not any(attributes(node).get("pads", []))
+
+    def _grouped(
+        self, node: onnx.NodeProto, em: Emitter, rows: np.ndarray, present: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows, weight columns (within a group) and input channels of the smaller Conv."""
+        weight = self._weight(node, em.g)
+        group_out, group_in = weight.shape[0] // _conv_groups(node), weight.shape[1]
+        kept = np.unique(rows // group_out)
+        per_group = [rows[rows // group_out == group] for group in kept]
+        size = max(len(r) for r in per_group)
+        padded = []
+        for group, chosen in zip(kept, per_group, strict=True):
+            others = np.setdiff1d(np.arange(group * group_out, (group + 1) * group_out), chosen)
+            padded.append(np.sort(np.concatenate([chosen, others[: size - len(chosen)]])))
+        local = np.unique(
+            np.concatenate([present[present // group_in == group] % group_in for group in kept])
+        )
+        if len(local) == 0:
+            local = np.arange(1)
+        channels = np.concatenate([group * group_in + local for group in kept])
+        return np.concatenate(padded), local, channels
 
 
 class GemmRule(Rule):
@@ -508,19 +702,36 @@ class GemmRule(Rule):
     def emit(self, node: onnx.NodeProto, em: Emitter) -> None:
         g, x, y = em.g, node.input[0], node.output[0]
         rows = np.flatnonzero(em.need[y] & ~em.zero[y])
-        columns = em.layout(x)
-        source = em.src(x)
+        matrix = self._matrix(node, g)
+        constants = em.constant_inputs(x, (matrix[rows] != 0).any(axis=0))
+        attrs = attributes(node)
+        has_bias = len(node.input) > 2 and bool(node.input[2])
+        fold = np.zeros(len(rows))
+        if (
+            len(constants)
+            and node.op_type == "Gemm"
+            and attrs.get("alpha", 1.0) == 1.0
+            and (attrs.get("beta", 1.0) == 1.0 or not has_bias)
+        ):
+            # A constant feature k adds k·W[:, c] to every output: an exact bias term.
+            fold = matrix[np.ix_(rows, constants)].astype(np.float64) @ em.const[x][constants]
+            constants = np.arange(0)
+        columns = np.union1d(em.layout(x), constants)
         if len(columns) == 0:
             columns = np.arange(1)
-            source = em.remapped(x, columns)
+        source = em.remapped(x, columns)
         weight = g.constants[node.input[1]]
-        transposed = node.op_type == "Gemm" and attributes(node).get("transB", 0)
+        transposed = node.op_type == "Gemm" and attrs.get("transB", 0)
         axes = (rows, columns) if transposed else (columns, rows)
         inputs = [source, em.weight_slice(node, 1, weight, *axes)]
-        if len(node.input) > 2 and node.input[2]:
+        if fold.any():
+            bias = self._bias(node, g)[rows]
+            name = node.input[2] if has_bias else f"{node.name}_bias"
+            inputs.append(em.constant(name, (bias + fold).astype(weight.dtype)))
+        elif has_bias:
             bias = g.constants[node.input[2]]
             inputs.append(em.channel_constant(node.input[2], bias, rows, g.width[y], 2))
-        em.copy(node, inputs)
+        em.copy(node, inputs, {"beta": 1.0} if fold.any() else {})
         em.set(y, y, rows)
 
 
@@ -545,6 +756,9 @@ class FlattenRule(Rule):
 
     def zeros(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks) -> None:
         zero[node.output[0]] = np.repeat(zero[node.input[0]], self._block(node, g))
+
+    def consts(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, const: Values) -> None:
+        const[node.output[0]] = np.repeat(const[node.input[0]], self._block(node, g))
 
     def needs(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, need: Masks) -> None:
         block = self._block(node, g)
@@ -599,14 +813,40 @@ class ShapeRule(Rule):
 
 ZERO_PRESERVING_OPS = (
     "Relu LeakyRelu HardSwish Tanh Identity Neg Abs Erf Gelu Elu Selu Softsign Mish "
-    "MaxPool AveragePool GlobalAveragePool GlobalMaxPool LpPool Dropout"
+    "MaxPool GlobalAveragePool GlobalMaxPool LpPool Dropout"
 ).split()
 NON_ZERO_PRESERVING_OPS = "Sigmoid HardSigmoid Softplus Exp Cos".split()
+
+
+def _same(values: np.ndarray, attrs: dict[str, object]) -> np.ndarray:
+    return values.copy()
+
+
+# What each channelwise op makes of a channel that is the constant k everywhere.
+CONSTANT_FUNCTIONS = {
+    "Relu": lambda k, a: np.maximum(k, 0.0),
+    "LeakyRelu": lambda k, a: np.where(k >= 0, k, float(a.get("alpha", 0.01)) * k),
+    "HardSwish": lambda k, a: k * np.clip(k / 6 + 0.5, 0.0, 1.0),
+    "HardSigmoid": lambda k, a: np.clip(
+        float(a.get("alpha", 0.2)) * k + float(a.get("beta", 0.5)), 0.0, 1.0
+    ),
+    "Sigmoid": lambda k, a: 1 / (1 + np.exp(-k)),
+    "Tanh": lambda k, a: np.tanh(k),
+    "Neg": lambda k, a: -k,
+    "Abs": lambda k, a: np.abs(k),
+    "Softplus": lambda k, a: np.logaddexp(0.0, k),
+    "Exp": lambda k, a: np.exp(k),
+    **{op: _same for op in "Identity Dropout MaxPool GlobalAveragePool GlobalMaxPool".split()},
+}
 
 RULES: dict[str, Rule] = {
     **{op: ZeroPreservingRule() for op in ZERO_PRESERVING_OPS},
     **{op: NonZeroPreservingRule() for op in NON_ZERO_PRESERVING_OPS},
     "PRelu": ZeroPreservingRule(params=(1,)),
+    "AveragePool": AveragePoolRule(),
+    **{op: ReduceRule() for op in "ReduceMean ReduceMax ReduceMin ReduceSum".split()},
+    "Resize": ResizeRule(),
+    "Upsample": ResizeRule(),
     "Clip": ClipRule(),
     "BatchNormalization": BatchNormRule(),
     "InstanceNormalization": NonZeroPreservingRule(params=(1, 2), vectors=True),
@@ -616,6 +856,7 @@ RULES: dict[str, Rule] = {
     "Sub": BinaryRule(),
     "Mul": BinaryRule(),
     "Div": BinaryRule(),
+    "Concat": ConcatRule(),
     "Conv": ConvRule(),
     "Gemm": GemmRule(),
     "MatMul": GemmRule(),

@@ -34,11 +34,37 @@ class ScorePoint:
         return self.point + "::scored"
 
 
+MIXING_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+def _reaches_output(g: GraphIndex, tensor: str) -> bool:
+    """Whether `tensor`'s channels reach a model output without passing another mixing layer.
+
+    Such a Conv is the classifier itself (SqueezeNet's last 1×1 conv): its channels are the
+    classes, so scoring them would change which classes exist, not which filters explain them.
+    """
+    seen, frontier = {tensor}, [tensor]
+    while frontier:
+        name = frontier.pop()
+        if name in g.output_names:
+            return True
+        for reader in g.consumers.get(name, []):
+            if reader.op_type in MIXING_OPS:
+                continue
+            for out in reader.output:
+                if out and out not in seen:
+                    seen.add(out)
+                    frontier.append(out)
+    return False
+
+
 def find_score_points(model: onnx.ModelProto) -> list[ScorePoint]:
     g = GraphIndex.build(model)
     points = []
     for node in g.nodes:
         if node.op_type != "Conv" or not g.is_activation(node.output[0]):
+            continue
+        if _reaches_output(g, node.output[0]):
             continue
         point = node.output[0]
         readers = g.consumers.get(point, [])

@@ -26,6 +26,7 @@ class SurgeryResult:
     model: onnx.ModelProto
     slices: list[WeightSlice]
     frozen: list[tuple[str, str]]
+    inserted: int = 0
 
 
 class Emitter:
@@ -34,11 +35,14 @@ class Emitter:
     def __init__(self, analysis: ChannelAnalysis) -> None:
         self.g: GraphIndex = analysis.g
         self.zero = analysis.zero
+        self.const = analysis.const
         self.need = analysis.need
+        self.live = analysis.live
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: dict[str, onnx.TensorProto] = {}
         self.slices: list[WeightSlice] = []
         self.frozen: list[tuple[str, str]] = []
+        self.inserted = 0  # channels the chain re-creates as constants for a consumer
         self._names: dict[str, str] = {}
         self._layouts: dict[str, np.ndarray] = {}
         self._remaps: dict[tuple[str, tuple[int, ...]], str] = {}
@@ -123,7 +127,8 @@ class Emitter:
     def remapped(self, tensor: str, target: np.ndarray) -> str:
         """The tensor carrying exactly the channels `target`, in that order.
 
-        Channels the tensor lacks are zero or unneeded, so they are filled with zeros.
+        Channels the tensor lacks are known constants or unneeded: they are filled with
+        their constant (zero when unneeded).
         """
         target = np.asarray(target, np.int64)
         layout = self.layout(tensor)
@@ -132,12 +137,25 @@ class Emitter:
         key = (tensor, tuple(int(t) for t in target))
         if key in self._remaps:
             return self._remaps[key]
+        self.inserted += int((~np.isin(target, layout)).sum())
         if len(layout) == 0:
             name = self._zeros(tensor, len(target))
         else:
             name = self._gather(tensor, layout, target)
+        fill = np.where(np.isin(target, layout), 0.0, np.nan_to_num(self.const[tensor][target]))
+        if fill.any():
+            shape = [1, len(target)] + [1] * (len(self.g.shapes[tensor]) - 2)
+            value = self.constant(f"{tensor}_chainx_fill", fill.astype(np.float32).reshape(shape))
+            name = self.node("Add", [name, value], f"{tensor}_chainx_fill")
         self._remaps[key] = name
         return name
+
+    def constant_inputs(self, tensor: str, readers: np.ndarray) -> np.ndarray:
+        """Channels of `tensor` missing from its layout that hold a non-zero constant and
+        are read by `readers`: a consumer must fold them or carry them."""
+        missing = ~np.isin(np.arange(self.g.width[tensor]), self.layout(tensor))
+        const = self.const[tensor]
+        return np.flatnonzero(missing & readers & ~np.isnan(const) & (const != 0))
 
     def _gather(self, tensor: str, layout: np.ndarray, target: np.ndarray) -> str:
         position = {int(c): i for i, c in enumerate(layout)}
@@ -207,7 +225,16 @@ def shrink(model: onnx.ModelProto) -> SurgeryResult:
     for info in model.graph.output:
         name = em.remapped(info.name, np.arange(g.width[info.name]))
         if name != info.name:
-            em.nodes.append(helper.make_node("Identity", [name], [info.name], name=info.name))
+            # The copied producer still writes the output's name: give it a fresh one.
+            inner = em.fresh(f"{info.name}_chainx_inner")
+            for node in em.nodes:
+                for names in (node.input, node.output):
+                    for i, used in enumerate(names):
+                        if used == info.name:
+                            names[i] = inner
+            em.nodes.append(
+                helper.make_node("Identity", [name], [info.name], name=em.fresh(info.name))
+            )
         outputs.append(info)
     graph = helper.make_graph(
         _live_nodes(em.nodes, [o.name for o in outputs]),
@@ -223,7 +250,7 @@ def shrink(model: onnx.ModelProto) -> SurgeryResult:
     )
     result.producer_name = "chainx"
     used_slices = [s for s in em.slices if any(n.name == s.node for n in graph.node)]
-    return SurgeryResult(model=result, slices=used_slices, frozen=em.frozen)
+    return SurgeryResult(model=result, slices=used_slices, frozen=em.frozen, inserted=em.inserted)
 
 
 def _live_nodes(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProto]:

@@ -128,12 +128,106 @@ class Depthwise(nn.Module):
         return self.fc(torch.flatten(F.avg_pool2d(x, 4), 1))
 
 
+class Inception(nn.Module):
+    """Two branches concatenated on the channel axis, then a Conv that reads both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.branch1 = nn.Conv2d(8, 6, 1)
+        self.branch3 = nn.Conv2d(8, 10, 3, padding=1)
+        self.mix = nn.Conv2d(16, 12, 3, padding=1)
+        self.fc = nn.Linear(12 + 16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(x))
+        joined = torch.cat([F.relu(self.branch1(x)), F.relu(self.branch3(x))], 1)
+        y = torch.cat([F.relu(self.mix(joined)), joined], 1)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(y, 1), 1))
+
+
+class Grouped(nn.Module):
+    """A ResNeXt-like grouped 3×3 between two 1×1 convs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.grouped = nn.Conv2d(16, 24, 3, padding=1, groups=4)
+        self.project = nn.Conv2d(24, 8, 1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.grouped(F.relu(self.stem(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.project(x), 1), 1))
+
+
+class PreActivation(nn.Module):
+    """DenseNet-like BN-ReLU-Conv: removed filters reach consumers as BN constants.
+
+    The 1×1 conv can fold them into its bias; the padded 3×3 conv must carry them; the
+    final BN-ReLU reaches the Gemm, which folds them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 12, 3, padding=1, bias=False)
+        self.norm1 = nn.BatchNorm2d(12)
+        self.pointwise = nn.Conv2d(12, 8, 1, bias=False)
+        self.norm2 = nn.BatchNorm2d(12)
+        self.spatial = nn.Conv2d(12, 8, 3, padding=1, bias=False)
+        self.norm3 = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        a = self.pointwise(F.relu(self.norm1(x)))
+        b = self.spatial(F.relu(self.norm2(x)))
+        y = F.relu(self.norm3(torch.cat([a, b], 1)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(y, 1), 1))
+
+
+class SqueezeExcite(nn.Module):
+    """x · Sigmoid(FC(GAP(x))): the gate branch reads the channels it scales."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 12, 3, padding=1)
+        self.reduce = nn.Conv2d(12, 4, 1)
+        self.expand = nn.Conv2d(4, 12, 1)
+        self.head = nn.Conv2d(12, 8, 1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(x))
+        gate = torch.sigmoid(self.expand(F.relu(self.reduce(x.mean((2, 3), keepdim=True)))))
+        x = F.relu(self.head(x * gate))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class ConvClassifier(nn.Module):
+    """SqueezeNet's head: the last 1×1 conv has one channel per class; it is not scored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.classifier = nn.Conv2d(8, 5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.classifier(F.relu(self.stem(x))))
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+
 MODELS = {
     "plain": (Plain, {}, (1, 3, 8, 8)),
     "identity": (Residual, {"shortcut": "identity"}, (1, 3, 8, 8)),
     "projection": (Residual, {"shortcut": "projection"}, (1, 3, 8, 8)),
     "option-a": (Residual, {"shortcut": "option-a"}, (1, 3, 8, 8)),
     "depthwise": (Depthwise, {}, (1, 3, 8, 8)),
+    "inception": (Inception, {}, (1, 3, 8, 8)),
+    "grouped": (Grouped, {}, (1, 3, 8, 8)),
+    "pre-activation": (PreActivation, {}, (1, 3, 8, 8)),
+    "squeeze-excite": (SqueezeExcite, {}, (1, 3, 8, 8)),
+    "conv-classifier": (ConvClassifier, {}, (1, 3, 8, 8)),
 }
 
 

@@ -56,7 +56,21 @@ def test_plain_chain_keeps_exactly_the_scored_filters() -> None:
     assert result.frozen == []
 
 
-@pytest.mark.parametrize("name", ["plain", "identity", "projection", "option-a", "depthwise"])
+FAMILIES = [
+    "plain",
+    "identity",
+    "projection",
+    "option-a",
+    "depthwise",
+    "inception",
+    "grouped",
+    "pre-activation",
+    "squeeze-excite",
+    "conv-classifier",
+]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
 @pytest.mark.parametrize("keep", [0.1, 0.3, 0.7])
 def test_random_masks_export_exactly_and_smaller(name: str, keep: float) -> None:
     model = tiny_model(name)
@@ -65,11 +79,100 @@ def test_random_masks_export_exactly_and_smaller(name: str, keep: float) -> None
     assert error <= TOLERANCE
     assert parameter_count(result.model) < parameter_count(model)
     assert result.frozen == []
-    # No Conv computes a filter whose score is zero.
+    # No dense Conv computes a filter whose score is zero (a grouped one may pad its groups).
     kept = {conv: int((m != 0).sum()) for conv, m in multipliers.items()}
     for node, weight in weights(result.model).items():
-        if node in kept:
+        if node in kept and name != "grouped":
             assert weight.shape[0] <= kept[node]
+
+
+def test_concat_offsets_follow_the_kept_channels_of_each_input() -> None:
+    model = tiny_model("inception")
+    points = find_score_points(model)
+    multipliers = {p.conv: np.ones(p.channels, np.float32) for p in points}
+    branch1, branch3, mix = (conv_named(model, part) for part in ("branch1", "branch3", "mix"))
+    multipliers[branch1][:] = 0
+    multipliers[branch1][[1, 4]] = 1
+    multipliers[branch3][:] = 0
+    multipliers[branch3][[0, 9]] = 1
+    multipliers[mix][:] = 0
+    multipliers[mix][[3]] = 1
+    result, error = shrink_and_compare(model, multipliers)
+    assert error <= TOLERANCE
+    original = weights(model)
+    # The mix conv reads concat channels 1, 4 (branch1) and 6 + 0, 6 + 9 (branch3).
+    np.testing.assert_array_equal(
+        weights(result.model)[mix], original[mix][np.ix_([3], [1, 4, 6, 15])]
+    )
+    # The head reads mix filter 3 and the same four joined channels at offset 12.
+    gemm = next(n.name for n in result.model.graph.node if n.op_type == "Gemm")
+    assert weights(result.model)[gemm].shape == (4, 5)
+    assert result.frozen == []
+
+
+def test_grouped_conv_keeps_whole_groups_of_equal_size() -> None:
+    model = tiny_model("grouped")
+    points = find_score_points(model)
+    multipliers = {p.conv: np.ones(p.channels, np.float32) for p in points}
+    grouped = conv_named(model, "grouped")
+    # 4 groups of 6 filters reading 4 channels each; keep filters in groups 0 and 2.
+    multipliers[grouped][:] = 0
+    multipliers[grouped][[1, 13, 14]] = 1
+    result, error = shrink_and_compare(model, multipliers)
+    assert error <= TOLERANCE
+    node = next(n for n in result.model.graph.node if n.name == grouped)
+    assert next(a.i for a in node.attribute if a.name == "group") == 2
+    # Group 0 pads its one kept filter with a real filter of the group: (0, 1) and (13, 14).
+    weight = weights(result.model)[grouped]
+    assert weight.shape == (4, 4, 3, 3)
+    original = weights(model)[grouped]
+    np.testing.assert_array_equal(weight, original[[0, 1, 13, 14]])
+    # The padding filter's score is zero, so the 1×1 projection reads only the kept three.
+    assert weights(result.model)[conv_named(model, "project")].shape[1] == 3
+
+
+def test_constants_fold_into_pointwise_conv_and_gemm_but_not_padded_conv() -> None:
+    model = tiny_model("pre-activation")
+    points = find_score_points(model)
+    multipliers = {p.conv: np.ones(p.channels, np.float32) for p in points}
+    stem, pointwise, spatial = (conv_named(model, part) for part in ("stem", "pointwise", "spatial"))
+    multipliers[stem][:] = 0
+    multipliers[stem][[2, 5, 7]] = 1
+    multipliers[pointwise][:] = 0
+    multipliers[pointwise][[0, 3]] = 1
+    multipliers[spatial][:] = 0
+    multipliers[spatial][[6]] = 1
+    result, error = shrink_and_compare(model, multipliers)
+    assert error <= TOLERANCE
+    chain = weights(result.model)
+    # Removed stem filters reach both convs as BN(0) constants through ReLU.
+    assert chain[pointwise].shape == (2, 3, 1, 1)  # folded into its bias
+    assert chain[spatial].shape[1] > 3  # zero padding at the borders: carried
+    gemm = next(n.name for n in result.model.graph.node if n.op_type == "Gemm")
+    assert chain[gemm].shape == (4, 3)  # the removed concat channels are folded
+    assert result.frozen == []
+
+
+def test_a_removed_excitation_becomes_a_constant_gate() -> None:
+    model = tiny_model("squeeze-excite")
+    points = find_score_points(model)
+    multipliers = {p.conv: np.ones(p.channels, np.float32) for p in points}
+    multipliers[conv_named(model, "expand")][:] = 0  # every gate is sigmoid(0) = 0.5
+    result, error = shrink_and_compare(model, multipliers)
+    assert error <= TOLERANCE
+    ops = [n.op_type for n in result.model.graph.node]
+    assert "Sigmoid" not in ops
+    assert conv_named(model, "reduce") not in weights(result.model)
+
+
+def test_a_conv_classifier_is_not_scored() -> None:
+    model = tiny_model("conv-classifier")
+    points = find_score_points(model)
+    assert [p.conv for p in points] == [conv_named(model, "stem")]
+    multipliers = random_multipliers(points, 0.5, seed=1)
+    result, error = shrink_and_compare(model, multipliers)
+    assert error <= TOLERANCE
+    assert weights(result.model)[conv_named(model, "classifier")].shape[0] == 5
 
 
 def test_removed_branch_makes_the_block_an_identity() -> None:

@@ -135,7 +135,7 @@ def test_constants_fold_into_pointwise_conv_and_gemm_but_not_padded_conv() -> No
     model = tiny_model("pre-activation")
     points = find_score_points(model)
     multipliers = {p.conv: np.ones(p.channels, np.float32) for p in points}
-    stem, pointwise, spatial = (conv_named(model, part) for part in ("stem", "pointwise", "spatial"))
+    stem, pointwise, spatial = (conv_named(model, p) for p in ("stem", "pointwise", "spatial"))
     multipliers[stem][:] = 0
     multipliers[stem][[2, 5, 7]] = 1
     multipliers[pointwise][:] = 0

@@ -56,6 +56,10 @@ class Rule:
 
     def emit(self, node: onnx.NodeProto, em: Emitter) -> None:
         g = em.g
+        for name in g.activation_inputs(node):
+            em.refilled += g.width[name] - int(
+                np.isin(np.arange(g.width[name]), em.layout(name)).sum()
+            )
         inputs = [
             em.remapped(name, np.arange(g.width[name])) if g.is_activation(name) else em.src(name)
             for name in node.input
@@ -387,9 +391,11 @@ class SliceRule(Rule):
     def emit(self, node: onnx.NodeProto, em: Emitter) -> None:
         x, y = _single(node, em.g)
         starts, ends, axes, steps = self._params(node, em.g)
+        # Channel o of the output is input channel source[o]; keep those the input still has.
         source = self.source(node, em.g)
+        present = np.isin(source, em.layout(x))
+        name = em.remapped(x, source[present])
         spatial = axes != 1
-        name = em.src(x)
         if spatial.any():
             parts = {"starts": starts, "ends": ends, "axes": axes, "steps": steps}
             inputs = [
@@ -398,12 +404,95 @@ class SliceRule(Rule):
             ]
             em.copy(node, inputs)
             name = y
-        # Channel o of the output is input channel source[o]; keep those the input still has.
-        layout_in = em.layout(x)
-        present = np.isin(source, layout_in)
-        layout = np.flatnonzero(present)
-        em.set(y, name, layout_in)
-        em.set(y, em.remapped(y, source[present]), layout)
+        em.set(y, name, np.flatnonzero(present))
+
+
+class GatherRule(SliceRule):
+    """Gather on the channel axis with constant indices: a channel permutation or selection."""
+
+    def accepts(self, node: onnx.NodeProto, g: GraphIndex) -> bool:
+        x, y = node.input[0], node.output[0]
+        if not (g.is_activation(x) and g.is_activation(y)) or node.input[1] not in g.constants:
+            return False
+        indices = g.constants[node.input[1]]
+        rank = len(g.shapes[x])
+        return (
+            indices.ndim == 1
+            and int(attributes(node).get("axis", 0)) % rank == 1
+            and len(g.shapes[y]) == rank
+        )
+
+    def source(self, node: onnx.NodeProto, g: GraphIndex) -> np.ndarray:
+        return g.constants[node.input[1]].astype(np.int64) % g.width[node.input[0]]
+
+    def emit(self, node: onnx.NodeProto, em: Emitter) -> None:
+        x, y = _single(node, em.g)
+        source = self.source(node, em.g)
+        present = np.isin(source, em.layout(x))
+        em.set(y, em.remapped(x, source[present]), np.flatnonzero(present))
+
+
+class SplitRule(Rule):
+    """Split on the channel axis: the inverse of Concat, output i starts at its offset."""
+
+    frozen = False
+
+    def accepts(self, node: onnx.NodeProto, g: GraphIndex) -> bool:
+        x = node.input[0]
+        outputs = list(node.output)
+        if not g.is_activation(x) or not all(g.is_activation(name) for name in outputs):
+            return False
+        if len(node.input) > 1 and node.input[1] and node.input[1] not in g.constants:
+            return False
+        rank = len(g.shapes[x])
+        return (
+            int(attributes(node).get("axis", 0)) % rank == 1
+            and sum(g.width[name] for name in outputs) == g.width[x]
+        )
+
+    def _offsets(self, node: onnx.NodeProto, g: GraphIndex) -> np.ndarray:
+        return np.cumsum([0] + [g.width[name] for name in node.output])[:-1]
+
+    def _pieces(self, node: onnx.NodeProto, g: GraphIndex) -> list[tuple[str, np.ndarray]]:
+        return [
+            (name, offset + np.arange(g.width[name]))
+            for name, offset in zip(node.output, self._offsets(node, g), strict=True)
+        ]
+
+    def zeros(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks) -> None:
+        for name, channels in self._pieces(node, g):
+            zero[name] = zero[node.input[0]][channels]
+
+    def consts(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, const: Values) -> None:
+        for name, channels in self._pieces(node, g):
+            const[name] = const[node.input[0]][channels]
+
+    def needs(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, need: Masks) -> None:
+        for name, channels in self._pieces(node, g):
+            need[node.input[0]][channels] |= need[name]
+
+    def emit(self, node: onnx.NodeProto, em: Emitter) -> None:
+        x = node.input[0]
+        layout = em.layout(x)
+        pieces = [
+            (name, layout[np.isin(layout, channels)] - channels[0])
+            for name, channels in self._pieces(node, em.g)
+        ]
+        if np.all(np.diff(layout) > 0) and all(len(kept) for _, kept in pieces):
+            sizes = np.array([len(kept) for _, kept in pieces], np.int64)
+            if "split" in attributes(node):  # before opset 13 the sizes are an attribute
+                em.copy(node, [em.src(x)], {"axis": 1, "split": sizes.tolist()})
+            else:
+                em.copy(node, [em.src(x), em.constant(f"{node.name}_split", sizes)], {"axis": 1})
+            for attribute in list(em.nodes[-1].attribute):
+                if attribute.name == "num_outputs":
+                    em.nodes[-1].attribute.remove(attribute)
+            for name, kept in pieces:
+                em.set(name, name, kept)
+            return
+        # An output left without channels (or an unsorted layout): select each piece.
+        for (name, channels), (_, kept) in zip(self._pieces(node, em.g), pieces, strict=True):
+            em.set(name, em.remapped(x, channels[0] + kept), kept)
 
 
 class BinaryRule(Rule):
@@ -773,7 +862,9 @@ class FlattenRule(Rule):
         inputs = [em.remapped(x, layout)]
         if node.op_type == "Reshape":
             inputs.append(em.constant(f"{node.name}_shape", np.array([0, -1], np.int64)))
-        em.copy(node, inputs, {"allowzero": 0} if node.op_type == "Reshape" else {})
+        # Shape [0, -1] copies the batch size; allowzero=1 would read 0 as a zero size.
+        keeps_batch = node.op_type == "Reshape" and "allowzero" in attributes(node)
+        em.copy(node, inputs, {"allowzero": 0} if keeps_batch else {})
         em.set(y, y, (layout[:, None] * block + np.arange(block)).reshape(-1))
 
 
@@ -852,6 +943,8 @@ RULES: dict[str, Rule] = {
     "InstanceNormalization": NonZeroPreservingRule(params=(1, 2), vectors=True),
     "Pad": PadRule(),
     "Slice": SliceRule(),
+    "Gather": GatherRule(),
+    "Split": SplitRule(),
     "Add": BinaryRule(),
     "Sub": BinaryRule(),
     "Mul": BinaryRule(),

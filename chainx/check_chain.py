@@ -74,7 +74,7 @@ def verify_saved_chain(sources: ChainSources) -> dict[str, Any]:
     normalised = normalise(original)
     points = find_score_points(normalised)
     multipliers = multipliers_from_metadata(metadata)
-    if sorted(multipliers) != sorted(p.conv for p in points):
+    if sorted(multipliers) != sorted(p.layer for p in points):
         raise ChainxError(
             f"{sources.chain}: its layers do not match the Conv layers of {sources.model}."
         )

@@ -119,7 +119,7 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
     timings["verify_s"] = time.perf_counter() - mark
 
     layers = _layer_results(points, result.multipliers, result.gates)
-    edges = layer_edges(GraphIndex.build(normalised), [p.conv for p in points])
+    edges = layer_edges(GraphIndex.build(normalised), [p.layer for p in points])
     summary = chain_summary(result.multipliers)
 
     out = options.out
@@ -172,17 +172,17 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
 def _layer_results(
     points: list[Any], multipliers: dict[str, np.ndarray], gates: dict[str, float]
 ) -> list[LayerResult]:
-    names = display_names([p.conv for p in points])
+    names = display_names([p.layer for p in points])
     layers = []
     for point in points:
-        values = multipliers[point.conv]
+        values = multipliers[point.layer]
         kept = np.flatnonzero(values)
         layers.append(
             LayerResult(
-                node=point.conv,
-                display=names[point.conv],
+                node=point.layer,
+                display=names[point.layer],
                 total=point.channels,
-                gate=gates[point.conv],
+                gate=gates[point.layer],
                 kept_indices=[int(i) for i in kept],
                 kept_scores=[float(values[i]) for i in kept],
             )

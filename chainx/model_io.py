@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.version_converter
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnx import numpy_helper, shape_inference
@@ -14,6 +15,7 @@ from onnxscript import rewriter
 from onnxscript.optimizer import _constant_folding
 from onnxscript.rewriter.rules.common import _fuse_batchnorm
 
+from chainx.channel_shuffle import shuffles_to_gather
 from chainx.errors import ChainxError
 
 
@@ -120,7 +122,7 @@ def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
             f"the model has {len(graph_inputs)} inputs and {len(model.graph.output)} outputs; "
             "chainx needs an image classifier with one input and one output."
         )
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model = _at_most_opset(onnx.ModelProto.FromString(model.SerializeToString()), TORCH_OPSET)
     # Initializers listed as graph inputs are overridable; as plain constants they fold.
     names = _initializer_names(model)
     kept_inputs = [i for i in model.graph.input if i.name not in names]
@@ -135,22 +137,78 @@ def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
         ) from None
     _explicit_auto_pad(model)
     _name_unnamed_nodes(model.graph)
-    model = shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
-    _complete_shapes(model)
+    model = _infer_shapes(model)
+    if _complete_shapes(model):
+        # With every size known, shape arithmetic (Shape → Gather → Div → Slice) folds.
+        model = _infer_shapes(_optimize(model))
+        _complete_shapes(model)
+    _drop_needless_allowzero(model)
+    shuffled = shuffles_to_gather(model)
+    if shuffled is not model:
+        model = _infer_shapes(shuffled)
     return model
 
 
-def _complete_shapes(model: onnx.ModelProto) -> None:
+# The newest opset whose ops onnx2torch converts (its Reduce*/Reshape stop at 17).
+TORCH_OPSET = 17
+
+
+def _at_most_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """Convert a newer model down to `opset` with onnx's version converter.
+
+    The converter leaves Reduce*-18's `noop_with_empty_axes=0` behind, which opset 17 only
+    knows on ReduceSum; it is the default there, so it goes. A model the converter cannot
+    take stays as it is, and onnx2torch names what it cannot convert.
+    """
+    version = next((o.version for o in model.opset_import if o.domain in {"", "ai.onnx"}), 0)
+    if version <= opset:
+        return model
+    try:
+        converted = onnx.version_converter.convert_version(model, opset)
+    except Exception:  # the converter raises bare RuntimeErrors for unsupported adapters
+        return model
+    for node in converted.graph.node:
+        if node.op_type.startswith("Reduce") and node.op_type != "ReduceSum":
+            for attribute in list(node.attribute):
+                if attribute.name == "noop_with_empty_axes" and attribute.i == 0:
+                    node.attribute.remove(attribute)
+    try:
+        onnx.checker.check_model(converted)
+    except onnx.checker.ValidationError:
+        return model
+    return converted
+
+
+def _drop_needless_allowzero(model: onnx.ModelProto) -> None:
+    """Reshape with allowzero=1 and a constant shape free of zeros means allowzero=0.
+
+    onnxscript's folding writes allowzero=1, which onnx2torch cannot convert.
+    """
+    constants = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or node.input[1] not in constants:
+            continue
+        shape = numpy_helper.to_array(constants[node.input[1]])
+        for attribute in list(node.attribute):
+            if attribute.name == "allowzero" and attribute.i and not (shape == 0).any():
+                node.attribute.remove(attribute)
+
+
+def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    return shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+
+
+def _complete_shapes(model: onnx.ModelProto) -> bool:
     """Fill in the non-batch dims that shape inference left unknown, by running the model.
 
     Exporters compute some shapes at run time (e.g. a flatten that reads the batch size),
-    and the channel analysis needs every channel count.
+    and the channel analysis needs every channel count. True when a shape was filled in.
     """
     graph = model.graph
     model_input = graph.input[0].type.tensor_type.shape.dim
     dims = [d.dim_value if d.HasField("dim_value") else None for d in model_input]
     if any(d is None for d in dims[1:]):
-        return
+        return False
     infos = {info.name: info for info in [*graph.value_info, *graph.output]}
     known = set(infos)
     for node in graph.node:
@@ -166,7 +224,7 @@ def _complete_shapes(model: onnx.ModelProto) -> None:
         or any(not d.HasField("dim_value") for d in info.type.tensor_type.shape.dim[1:])
     ]
     if not unknown:
-        return
+        return False
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.output[:]
@@ -183,7 +241,7 @@ def _complete_shapes(model: onnx.ModelProto) -> None:
         feed = np.zeros([1, *dims[1:]], np.float32)
         values = sess.run(None, {graph.input[0].name: feed})
     except Exception:  # the analysis then freezes what it cannot size
-        return
+        return False
     for name, value in zip(unknown, values, strict=True):
         tensor = infos[name].type.tensor_type
         if not isinstance(value, np.ndarray) or value.ndim < 2:
@@ -201,6 +259,7 @@ def _complete_shapes(model: onnx.ModelProto) -> None:
                 dim.dim_param = "batch"
             else:
                 dim.dim_value = size
+    return True
 
 
 def _initializer_names(model: onnx.ModelProto) -> set[str]:

@@ -97,3 +97,14 @@ def per_channel(value: np.ndarray, width: int, rank: int) -> np.ndarray | None:
     if shape[1] not in (1, width):
         return None
     return np.broadcast_to(value.reshape(-1), (width,)).astype(np.float64)
+
+
+def live_nodes(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProto]:
+    """The nodes that some output depends on, in their order: dead ones dropped."""
+    wanted = set(outputs)
+    kept: list[onnx.NodeProto] = []
+    for node in reversed(nodes):
+        if any(name in wanted for name in node.output):
+            kept.append(node)
+            wanted.update(name for name in node.input if name)
+    return kept[::-1]

@@ -293,10 +293,10 @@ def optimise(
     final = best[2]
     return OptimiseResult(
         multipliers={
-            point.conv: m.cpu().numpy().astype(np.float32)
+            point.layer: m.cpu().numpy().astype(np.float32)
             for point, m in zip(scoring.points, final, strict=True)
         },
-        gates={point.conv: float(g) for point, g in zip(scoring.points, gates, strict=True)},
+        gates={point.layer: float(g) for point, g in zip(scoring.points, gates, strict=True)},
         steps=steps,
         finetune_steps=settings.finetune_steps,
         seconds=time.perf_counter() - started,

@@ -1,4 +1,8 @@
-"""Where the scores multiply: one point per Conv, after its per-channel affine tail.
+"""Where the scores multiply: one point per Conv (and hidden Gemm), after its affine tail.
+
+A Conv's units are its filters; a hidden Gemm's (or MatMul's) are its output neurons, scored
+like filters. A layer whose units reach the model output without another mixing layer is
+the classifier itself and is not scored.
 
 `scored_model` inserts `Mul(point, multiplier)` after every such point. The multiplier is a
 graph input (for the torch scoring model) or a constant (for the export).
@@ -20,14 +24,16 @@ SCORE_PREFIX = "chainx.score."
 
 @dataclass(frozen=True)
 class ScorePoint:
-    conv: str
+    """A scored layer: its node name, the tensor its scores multiply, and its unit count."""
+
+    layer: str
     point: str
     channels: int
     rank: int
 
     @property
     def multiplier(self) -> str:
-        return SCORE_PREFIX + self.conv
+        return SCORE_PREFIX + self.layer
 
     @property
     def scored(self) -> str:
@@ -58,13 +64,24 @@ def _reaches_output(g: GraphIndex, tensor: str) -> bool:
     return False
 
 
+def _scorable(node: onnx.NodeProto, g: GraphIndex) -> bool:
+    if not g.is_activation(node.output[0]):
+        return False
+    if node.op_type == "Conv":
+        return True
+    # A hidden fully connected layer on (N, F) features with a constant weight.
+    return (
+        node.op_type in {"Gemm", "MatMul"}
+        and len(g.shapes[node.output[0]]) == 2
+        and node.input[1] in g.constants
+    )
+
+
 def find_score_points(model: onnx.ModelProto) -> list[ScorePoint]:
     g = GraphIndex.build(model)
     points = []
     for node in g.nodes:
-        if node.op_type != "Conv" or not g.is_activation(node.output[0]):
-            continue
-        if _reaches_output(g, node.output[0]):
+        if not _scorable(node, g) or _reaches_output(g, node.output[0]):
             continue
         point = node.output[0]
         readers = g.consumers.get(point, [])
@@ -78,7 +95,7 @@ def find_score_points(model: onnx.ModelProto) -> list[ScorePoint]:
             point = readers[0].output[0]
         points.append(
             ScorePoint(
-                conv=node.name,
+                layer=node.name,
                 point=point,
                 channels=g.width[point],
                 rank=len(g.shapes[point]),
@@ -130,6 +147,6 @@ def scored_model(
                 helper.make_tensor_value_info(point.multiplier, TensorProto.FLOAT, shape)
             )
         else:
-            value = np.asarray(multipliers[point.conv], np.float32).reshape(shape)
+            value = np.asarray(multipliers[point.layer], np.float32).reshape(shape)
             graph.initializer.append(numpy_helper.from_array(value, point.multiplier))
     return onnx.shape_inference.infer_shapes(result, strict_mode=True)

@@ -95,7 +95,7 @@ class ScoringModel(nn.Module):
         """The output for fixed multipliers, on the CPU: what chain.onnx must reproduce."""
         self.to("cpu")
         values = [
-            torch.from_numpy(np.asarray(multipliers[p.conv], np.float32)) for p in self.points
+            torch.from_numpy(np.asarray(multipliers[p.layer], np.float32)) for p in self.points
         ]
         with torch.no_grad():
             return self.run(torch.from_numpy(images), values).numpy()

@@ -9,7 +9,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from chainx.channel_analysis import ChannelAnalysis, analyse_channels
-from chainx.onnx_graph import GraphIndex, per_channel
+from chainx.onnx_graph import GraphIndex, live_nodes, per_channel
 
 
 @dataclass
@@ -26,7 +26,7 @@ class SurgeryResult:
     model: onnx.ModelProto
     slices: list[WeightSlice]
     frozen: list[tuple[str, str]]
-    inserted: int = 0
+    refilled: int = 0
 
 
 class Emitter:
@@ -42,7 +42,7 @@ class Emitter:
         self.initializers: dict[str, onnx.TensorProto] = {}
         self.slices: list[WeightSlice] = []
         self.frozen: list[tuple[str, str]] = []
-        self.inserted = 0  # channels the chain re-creates as constants for a consumer
+        self.refilled = 0  # removed channels re-created (as constants) for frozen ops
         self._names: dict[str, str] = {}
         self._layouts: dict[str, np.ndarray] = {}
         self._remaps: dict[tuple[str, tuple[int, ...]], str] = {}
@@ -137,7 +137,6 @@ class Emitter:
         key = (tensor, tuple(int(t) for t in target))
         if key in self._remaps:
             return self._remaps[key]
-        self.inserted += int((~np.isin(target, layout)).sum())
         if len(layout) == 0:
             name = self._zeros(tensor, len(target))
         else:
@@ -237,7 +236,7 @@ def shrink(model: onnx.ModelProto) -> SurgeryResult:
             )
         outputs.append(info)
     graph = helper.make_graph(
-        _live_nodes(em.nodes, [o.name for o in outputs]),
+        live_nodes(em.nodes, [o.name for o in outputs]),
         model.graph.name,
         list(model.graph.input),
         outputs,
@@ -250,15 +249,4 @@ def shrink(model: onnx.ModelProto) -> SurgeryResult:
     )
     result.producer_name = "chainx"
     used_slices = [s for s in em.slices if any(n.name == s.node for n in graph.node)]
-    return SurgeryResult(model=result, slices=used_slices, frozen=em.frozen, inserted=em.inserted)
-
-
-def _live_nodes(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProto]:
-    """Drop nodes whose outputs nothing reads: dead branches and dead layers."""
-    wanted = set(outputs)
-    kept: list[onnx.NodeProto] = []
-    for node in reversed(nodes):
-        if any(name in wanted for name in node.output):
-            kept.append(node)
-            wanted.update(name for name in node.input if name)
-    return kept[::-1]
+    return SurgeryResult(model=result, slices=used_slices, frozen=em.frozen, refilled=em.refilled)

@@ -25,8 +25,14 @@ SAMPLE_REGION = REPO / "sample_models" / "mnist_region"
 SAMPLE_HOLDOUT = REPO / "sample_models" / "mnist_holdout"
 
 
-def export(module: nn.Module, shape: tuple[int, ...], fold: bool = True) -> onnx.ModelProto:
-    """Export a module the way users' models arrive: TorchScript exporter, dynamic batch."""
+def export(
+    module: nn.Module,
+    shape: tuple[int, ...],
+    fold: bool = True,
+    opset: int = 17,
+    dynamo: bool = False,
+) -> onnx.ModelProto:
+    """Export a module the way users' models arrive: TorchScript (dynamic batch) or dynamo."""
     torch.manual_seed(0)
     module.eval()
     for layer in module.modules():
@@ -38,12 +44,24 @@ def export(module: nn.Module, shape: tuple[int, ...], fold: bool = True) -> onnx
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        if dynamo:
+            program = torch.onnx.export(
+                module,
+                (torch.randn(*((2,) + shape[1:])),),
+                dynamo=True,
+                opset_version=opset,
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                input_names=["input"],
+                output_names=["logits"],
+                verbose=False,
+            )
+            return program.model_proto
         torch.onnx.export(
             module,
             torch.randn(*shape),
             buffer,
             dynamo=False,
-            opset_version=17,
+            opset_version=opset,
             input_names=["input"],
             output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
@@ -231,10 +249,12 @@ MODELS = {
 }
 
 
-def tiny_model(name: str, fold: bool = False) -> onnx.ModelProto:
+def tiny_model(
+    name: str, fold: bool = False, opset: int = 17, dynamo: bool = False
+) -> onnx.ModelProto:
     cls, kwargs, shape = MODELS[name]
     torch.manual_seed(0)
-    return normalise(export(cls(**kwargs), shape, fold=fold))
+    return normalise(export(cls(**kwargs), shape, fold=fold, opset=opset, dynamo=dynamo))
 
 
 def random_multipliers(
@@ -242,7 +262,7 @@ def random_multipliers(
 ) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
-        p.conv: (rng.uniform(0.2, 1.5, p.channels) * (rng.random(p.channels) < keep)).astype(
+        p.layer: (rng.uniform(0.2, 1.5, p.channels) * (rng.random(p.channels) < keep)).astype(
             np.float32
         )
         for p in points

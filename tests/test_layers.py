@@ -28,7 +28,7 @@ def test_duplicate_display_names_are_made_unique() -> None:
 
 def test_edges_follow_the_residual_structure() -> None:
     model = tiny_model("projection")
-    convs = [p.conv for p in find_score_points(model)]
+    convs = [p.layer for p in find_score_points(model)]
     edges = layer_edges(GraphIndex.build(model), convs)
     stem = next(c for c in convs if c.startswith("/stem/"))
     proj = next(c for c in convs if "/block2/proj/" in c)

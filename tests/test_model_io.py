@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import SAMPLE_MODEL
+from conftest import SAMPLE_MODEL, inputs_for, random_multipliers, shrink_and_compare, tiny_model
 from onnx import numpy_helper
 
 from chainx.errors import ChainxError
 from chainx.model_io import load_model, normalise, sha256_file
+from chainx.score_points import find_score_points
 from chainx.verify import run, session
 
 
@@ -87,3 +88,108 @@ def test_sha256_of_a_file(tmp_path: Path) -> None:
     path = tmp_path / "x"
     path.write_bytes(b"abc")
     assert sha256_file(path).startswith("ba7816bf")
+
+
+def test_run_time_flatten_shape_folds_and_converts_to_torch() -> None:
+    model = _with_weights(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        net (float[N, 3, 6, 6] input) => (float[N, 5] logits) {
+            c = Conv <pads = [1, 1, 1, 1]> (input, w)
+            p = GlobalAveragePool (c)
+            s = Shape <end = 1> (p)
+            minus_one = Constant <value = int64[1] {-1}> ()
+            shape = Concat <axis = 0> (s, minus_one)
+            f = Reshape (p, shape)
+            logits = Gemm <transB = 1> (f, fc, fc_bias)
+        }
+        """,
+        {"w": (4, 3, 3, 3), "fc": (5, 4), "fc_bias": (5,)},
+    )
+    normalised = normalise(model)
+    reshape = next(n for n in normalised.graph.node if n.op_type == "Reshape")
+    assert all(not (a.name == "allowzero" and a.i) for a in reshape.attribute)
+    from chainx.scoring import convert
+
+    convert(normalised)  # onnx2torch accepts it
+    x = np.random.default_rng(1).standard_normal((3, 3, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(run(session(normalised), x), run(session(model), x), atol=1e-5)
+
+
+def test_channel_shuffle_becomes_one_gather() -> None:
+    model = _with_weights(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        net (float[N, 3, 4, 4] input) => (float[N, 6, 4, 4] out) {
+            c = Conv <pads = [1, 1, 1, 1]> (input, w)
+            batch = Shape <end = 1> (c)
+            tail = Constant <value = int64[4] {2, 3, 4, 4}> ()
+            split_shape = Concat <axis = 0> (batch, tail)
+            split = Reshape (c, split_shape)
+            swapped = Transpose <perm = [0, 2, 1, 3, 4]> (split)
+            back = Constant <value = int64[4] {0, 6, 4, 4}> ()
+            out = Reshape (swapped, back)
+        }
+        """,
+        {"w": (6, 3, 3, 3)},
+    )
+    normalised = normalise(model)
+    ops = [n.op_type for n in normalised.graph.node]
+    assert ops == ["Conv", "Gather"]
+    gather = normalised.graph.node[1]
+    index = next(i for i in normalised.graph.initializer if i.name == gather.input[1])
+    assert numpy_helper.to_array(index).tolist() == [0, 3, 1, 4, 2, 5]
+    x = np.random.default_rng(1).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    np.testing.assert_array_equal(run(session(normalised), x), run(session(model), x))
+
+
+def test_weight_from_a_constant_node_becomes_an_initializer() -> None:
+    model = onnx.parser.parse_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        net (float[N, 1, 3, 3] input) => (float[N, 1, 3, 3] out) {
+            w = Constant <value = float[1, 1, 1, 1] {2.0}> ()
+            out = Conv (input, w)
+        }
+        """
+    )
+    normalised = normalise(model)
+    conv = next(n for n in normalised.graph.node if n.op_type == "Conv")
+    assert conv.input[1] in {i.name for i in normalised.graph.initializer}
+
+
+def test_model_with_external_data_loads_from_its_folder(tmp_path: Path) -> None:
+    path = tmp_path / "external.onnx"
+    onnx.save_model(
+        load_model(SAMPLE_MODEL),
+        str(path),
+        save_as_external_data=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
+    assert (tmp_path / "weights.bin").stat().st_size > path.stat().st_size
+    loaded = normalise(load_model(path))
+    x = np.random.default_rng(1).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    expected = run(session(normalise(load_model(SAMPLE_MODEL))), x)
+    np.testing.assert_array_equal(run(session(loaded), x), expected)
+
+
+@pytest.mark.parametrize(
+    ("opset", "dynamo"),
+    [(11, False), (13, False), (15, False), (17, False), (20, False), (18, True)],
+)
+@pytest.mark.parametrize("name", ["pre-activation", "inception", "squeeze-excite", "grouped"])
+def test_exporters_and_opsets_convert_score_and_shrink(name: str, opset: int, dynamo: bool) -> None:
+    model = tiny_model(name, opset=opset, dynamo=dynamo)
+    points = find_score_points(model)
+    from chainx.scoring import ScoringModel
+
+    scoring = ScoringModel(model, points)  # onnx2torch converts the normalised model
+    x = inputs_for(model)
+    import torch
+
+    with torch.no_grad():
+        torch_output = scoring.unscored(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(torch_output, run(session(model), x), rtol=1e-4, atol=1e-5)
+    _, error = shrink_and_compare(model, random_multipliers(points, 0.3, seed=opset))
+    assert error <= 1e-5

@@ -37,7 +37,7 @@ def parameter_count(model: onnx.ModelProto) -> int:
 def test_plain_chain_keeps_exactly_the_scored_filters() -> None:
     model = tiny_model("plain")
     points = find_score_points(model)
-    conv1, conv2 = (p.conv for p in points)
+    conv1, conv2 = (p.layer for p in points)
     multipliers = {conv1: np.zeros(8, np.float32), conv2: np.zeros(12, np.float32)}
     multipliers[conv1][[1, 4]] = [0.5, 1.25]
     multipliers[conv2][[0, 3, 7]] = [1.0, 0.75, 2.0]
@@ -89,7 +89,7 @@ def test_random_masks_export_exactly_and_smaller(name: str, keep: float) -> None
 def test_concat_offsets_follow_the_kept_channels_of_each_input() -> None:
     model = tiny_model("inception")
     points = find_score_points(model)
-    multipliers = {p.conv: np.ones(p.channels, np.float32) for p in points}
+    multipliers = {p.layer: np.ones(p.channels, np.float32) for p in points}
     branch1, branch3, mix = (conv_named(model, part) for part in ("branch1", "branch3", "mix"))
     multipliers[branch1][:] = 0
     multipliers[branch1][[1, 4]] = 1
@@ -113,7 +113,7 @@ def test_concat_offsets_follow_the_kept_channels_of_each_input() -> None:
 def test_grouped_conv_keeps_whole_groups_of_equal_size() -> None:
     model = tiny_model("grouped")
     points = find_score_points(model)
-    multipliers = {p.conv: np.ones(p.channels, np.float32) for p in points}
+    multipliers = {p.layer: np.ones(p.channels, np.float32) for p in points}
     grouped = conv_named(model, "grouped")
     # 4 groups of 6 filters reading 4 channels each; keep filters in groups 0 and 2.
     multipliers[grouped][:] = 0
@@ -134,7 +134,7 @@ def test_grouped_conv_keeps_whole_groups_of_equal_size() -> None:
 def test_constants_fold_into_pointwise_conv_and_gemm_but_not_padded_conv() -> None:
     model = tiny_model("pre-activation")
     points = find_score_points(model)
-    multipliers = {p.conv: np.ones(p.channels, np.float32) for p in points}
+    multipliers = {p.layer: np.ones(p.channels, np.float32) for p in points}
     stem, pointwise, spatial = (conv_named(model, p) for p in ("stem", "pointwise", "spatial"))
     multipliers[stem][:] = 0
     multipliers[stem][[2, 5, 7]] = 1
@@ -156,7 +156,7 @@ def test_constants_fold_into_pointwise_conv_and_gemm_but_not_padded_conv() -> No
 def test_a_removed_excitation_becomes_a_constant_gate() -> None:
     model = tiny_model("squeeze-excite")
     points = find_score_points(model)
-    multipliers = {p.conv: np.ones(p.channels, np.float32) for p in points}
+    multipliers = {p.layer: np.ones(p.channels, np.float32) for p in points}
     multipliers[conv_named(model, "expand")][:] = 0  # every gate is sigmoid(0) = 0.5
     result, error = shrink_and_compare(model, multipliers)
     assert error <= TOLERANCE
@@ -168,7 +168,7 @@ def test_a_removed_excitation_becomes_a_constant_gate() -> None:
 def test_a_conv_classifier_is_not_scored() -> None:
     model = tiny_model("conv-classifier")
     points = find_score_points(model)
-    assert [p.conv for p in points] == [conv_named(model, "stem")]
+    assert [p.layer for p in points] == [conv_named(model, "stem")]
     multipliers = random_multipliers(points, 0.5, seed=1)
     result, error = shrink_and_compare(model, multipliers)
     assert error <= TOLERANCE
@@ -178,10 +178,10 @@ def test_a_conv_classifier_is_not_scored() -> None:
 def test_removed_branch_makes_the_block_an_identity() -> None:
     model = tiny_model("identity")
     points = find_score_points(model)
-    multipliers = {p.conv: np.ones(p.channels, np.float32) for p in points}
+    multipliers = {p.layer: np.ones(p.channels, np.float32) for p in points}
     for p in points:
-        if "/block1/" in p.conv:
-            multipliers[p.conv][:] = 0
+        if "/block1/" in p.layer:
+            multipliers[p.layer][:] = 0
     result, error = shrink_and_compare(model, multipliers)
     assert error <= TOLERANCE
     block1 = [n.op_type for n in result.model.graph.node if n.name.startswith("/block1/")]
@@ -193,7 +193,7 @@ def test_removed_branch_makes_the_block_an_identity() -> None:
 def test_depthwise_conv_keeps_one_group_per_kept_channel() -> None:
     model = tiny_model("depthwise")
     points = find_score_points(model)
-    multipliers = {p.conv: np.ones(p.channels, np.float32) for p in points}
+    multipliers = {p.layer: np.ones(p.channels, np.float32) for p in points}
     depthwise = conv_named(model, "depthwise")
     multipliers[depthwise][:] = 0
     multipliers[depthwise][[2, 5, 11, 20]] = [0.5, 1.0, 1.5, 0.25]
@@ -210,12 +210,12 @@ def test_depthwise_conv_keeps_one_group_per_kept_channel() -> None:
 def test_option_a_shortcut_shifts_channels_without_padding_zeros() -> None:
     model = tiny_model("option-a")
     points = find_score_points(model)
-    multipliers = {p.conv: np.ones(p.channels, np.float32) for p in points}
+    multipliers = {p.layer: np.ones(p.channels, np.float32) for p in points}
     # Keep only two stream channels of stage 1; block2's own branch keeps three filters.
     for p in points:
-        if "/block2/" not in p.conv:
-            multipliers[p.conv][2:] = 0
-    block2_conv2 = next(p.conv for p in points if "/block2/conv2" in p.conv)
+        if "/block2/" not in p.layer:
+            multipliers[p.layer][2:] = 0
+    block2_conv2 = next(p.layer for p in points if "/block2/conv2" in p.layer)
     multipliers[block2_conv2][:] = 0
     multipliers[block2_conv2][[0, 7, 15]] = 1
     result, error = shrink_and_compare(model, multipliers)
@@ -232,11 +232,11 @@ def test_option_a_shortcut_shifts_channels_without_padding_zeros() -> None:
 def test_a_dead_layer_before_a_biased_conv_stays_exact() -> None:
     model = tiny_model("plain")
     points = find_score_points(model)
-    multipliers = {p.conv: np.ones(p.channels, np.float32) for p in points}
-    multipliers[points[0].conv][:] = 0  # conv2 then sees only zeros: its output is its bias
+    multipliers = {p.layer: np.ones(p.channels, np.float32) for p in points}
+    multipliers[points[0].layer][:] = 0  # conv2 then sees only zeros: its output is its bias
     result, error = shrink_and_compare(model, multipliers)
     assert error <= TOLERANCE
-    assert points[0].conv not in weights(result.model)
+    assert points[0].layer not in weights(result.model)
 
 
 def test_an_unknown_op_is_frozen_and_the_export_stays_exact() -> None:
@@ -279,8 +279,8 @@ def test_an_unknown_op_is_frozen_and_the_export_stays_exact() -> None:
     assert lrn_input.type.tensor_type.shape.dim[1].dim_value == 6
     # ...while both convs hold only their non-zero filters.
     for point in points:
-        kept = int((multipliers[point.conv] != 0).sum())
-        assert weights(result.model)[point.conv].shape[0] == kept
+        kept = int((multipliers[point.layer] != 0).sum())
+        assert weights(result.model)[point.layer].shape[0] == kept
 
 
 def test_shrink_is_exact_on_batches_of_any_size() -> None:

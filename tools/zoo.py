@@ -1,0 +1,218 @@
+"""Export torchvision architectures, mask ~90% of their filters, and check the chain surgery.
+
+Each model, with random weights and random BatchNorm statistics, is exported by torch's
+TorchScript exporter or its dynamo exporter, normalised, scored with a random mask, shrunk
+and compared in onnxruntime against the scored model. `tests/test_zoo.py` asserts on the
+results; run this file to print the table for docs/zoo.md:
+
+    .venv/bin/python tools/zoo.py [--exporter torchscript dynamo] [--models resnet18 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+import torchvision
+from torch import nn
+
+from chainx.channel_analysis import analyse_channels
+from chainx.model_io import normalise
+from chainx.onnx_graph import GraphIndex
+from chainx.score_points import ScorePoint, find_score_points, scored_model
+from chainx.surgery import SurgeryResult, shrink
+from chainx.verify import run, session
+
+# Architecture → input size. VGG's adaptive 7×7 pool needs a multiple of 7 at its input.
+ZOO = {
+    "vgg11_bn": 224,
+    "resnet18": 64,
+    "resnet50": 64,
+    "resnext50_32x4d": 64,
+    "mobilenet_v2": 64,
+    "mobilenet_v3_small": 64,
+    "efficientnet_b0": 64,
+    "mnasnet0_5": 64,
+    "densenet121": 64,
+    "squeezenet1_1": 64,
+    "googlenet": 64,
+    "shufflenet_v2_x0_5": 64,
+    "regnet_y_400mf": 64,
+    "convnext_tiny": 64,
+}
+EXPORTERS = ("torchscript", "dynamo")
+KEEP = 0.1
+
+
+def build(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
+    model = getattr(torchvision.models, name)(weights=None, **kwargs).eval()
+    for layer in model.modules():
+        if isinstance(layer, nn.BatchNorm2d):
+            # Trained-like statistics, so that BN does not map zero to zero.
+            layer.running_mean.uniform_(-0.5, 0.5)
+            layer.running_var.uniform_(0.5, 2.0)
+            layer.weight.data.uniform_(0.5, 1.5)
+            layer.bias.data.uniform_(-0.5, 0.5)
+    return model
+
+
+def export(name: str, exporter: str) -> onnx.ModelProto:
+    module = build(name)
+    size = ZOO[name]
+    x = torch.randn(1, 3, size, size)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            program = torch.onnx.export(
+                module, (x,), dynamo=True, input_names=["input"], output_names=["logits"]
+            )
+            return program.model_proto
+        buffer = io.BytesIO()
+        torch.onnx.export(
+            module,
+            x,
+            buffer,
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def random_mask(
+    model: onnx.ModelProto, points: list[ScorePoint], seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Keep ~10% of each layer's filters (at least one), and remove a few whole layers.
+
+    A layer is removed whole only where the model still depends on its input without it (a
+    residual branch, a concat input); the channel analysis tells.
+    """
+    rng = np.random.default_rng(seed)
+    multipliers = {}
+    for point in points:
+        values = np.zeros(point.channels, np.float32)
+        count = max(1, round(KEEP * point.channels))
+        chosen = rng.choice(point.channels, count, replace=False)
+        values[chosen] = rng.uniform(0.2, 1.5, count)
+        multipliers[point.layer] = values
+    for point in points[2::4][:4]:
+        saved = multipliers[point.layer]
+        multipliers[point.layer] = np.zeros_like(saved)
+        analysis = analyse_channels(GraphIndex.build(scored_model(model, points, multipliers)))
+        if not analysis.need[analysis.g.input_name].any():
+            multipliers[point.layer] = saved
+    return multipliers
+
+
+@dataclass
+class ZooResult:
+    name: str
+    exporter: str
+    ops: list[str]
+    frozen: list[str]
+    error: float
+    masked: int
+    removed: int
+    layers_removed: int
+    refilled: int
+    params_before: int
+    params_after: int
+    seconds: float
+
+    @property
+    def removed_fraction(self) -> float:
+        return self.removed / max(self.masked, 1)
+
+
+def parameters(model: onnx.ModelProto) -> int:
+    return int(sum(np.prod(init.dims) for init in model.graph.initializer))
+
+
+def removed_filters(
+    points: list[ScorePoint], multipliers: dict[str, np.ndarray], result: SurgeryResult
+) -> int:
+    """Masked filters whose Conv row is physically gone from the chain."""
+    rows = {piece.node: set(piece.axes[0]) for piece in result.slices}
+    present = {node.name for node in result.model.graph.node}
+    removed = 0
+    for point in points:
+        kept = rows.get(
+            point.layer, set(range(point.channels)) if point.layer in present else set()
+        )
+        masked = np.flatnonzero(multipliers[point.layer] == 0)
+        removed += sum(int(index) not in kept for index in masked)
+    return removed
+
+
+def check(name: str, exporter: str, seed: int = 0) -> ZooResult:
+    started = time.perf_counter()
+    model = normalise(export(name, exporter))
+    points = find_score_points(model)
+    multipliers = random_mask(model, points, seed)
+    scored = scored_model(model, points, multipliers)
+    result = shrink(scored)
+    onnx.checker.check_model(result.model, full_check=True)
+    size = ZOO[name]
+    batch = 2 if exporter == "torchscript" else 1
+    x = np.random.default_rng(1).standard_normal((batch, 3, size, size)).astype(np.float32)
+    expected = run(session(scored), x)
+    actual = run(session(result.model), x)
+    error = float(np.abs(expected - actual).max() / max(np.abs(expected).max(), 1e-12))
+    return ZooResult(
+        name=name,
+        exporter=exporter,
+        ops=sorted({node.op_type for node in model.graph.node}),
+        frozen=sorted({op for _, op in result.frozen}),
+        error=error,
+        masked=sum(int((m == 0).sum()) for m in multipliers.values()),
+        removed=removed_filters(points, multipliers, result),
+        layers_removed=sum(not m.any() for m in multipliers.values()),
+        refilled=result.refilled,
+        params_before=parameters(model),
+        params_after=parameters(result.model),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def table(results: list[ZooResult]) -> str:
+    lines = [
+        "| model | exporter | ops met | frozen | max \\|Δ\\| / max \\|y\\| | masked filters "
+        "physically removed | whole layers removed | removed channels re-created for frozen ops "
+        "| parameters before → after | time |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.name} | {r.exporter} | {', '.join(r.ops)} | {', '.join(r.frozen) or '—'} "
+            f"| {r.error:.1e} | {r.removed}/{r.masked} ({100 * r.removed_fraction:.1f} %) "
+            f"| {r.layers_removed} | {r.refilled} | {r.params_before:,} → {r.params_after:,} "
+            f"| {r.seconds:.0f} s |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--exporter", nargs="+", default=list(EXPORTERS), choices=EXPORTERS)
+    parser.add_argument("--models", nargs="+", default=list(ZOO), choices=list(ZOO))
+    args = parser.parse_args()
+    results = []
+    for name in args.models:
+        for exporter in args.exporter:
+            results.append(check(name, exporter))
+            print(table(results[-1:]).splitlines()[-1], flush=True)
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -164,7 +164,8 @@ def _at_most_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     if version <= opset:
         return model
     try:
-        converted = onnx.version_converter.convert_version(model, opset)
+        older = _gelu_expanded(_splits_as_slices(model))
+        converted = onnx.version_converter.convert_version(older, opset)
     except Exception:  # the converter raises bare RuntimeErrors for unsupported adapters
         return model
     for node in converted.graph.node:
@@ -177,6 +178,109 @@ def _at_most_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     except onnx.checker.ValidationError:
         return model
     return converted
+
+
+def _splits_as_slices(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Split-18 (num_outputs) as one Slice per output: onnx has no adapter down to 17."""
+    shapes = _static_shapes(model)
+    constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    nodes: list[onnx.NodeProto] = []
+    added: list[onnx.TensorProto] = []
+    for node in model.graph.node:
+        shape = shapes.get(node.input[0]) if node.op_type == "Split" else None
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        size = shape[axis] if shape is not None and -len(shape) <= axis < len(shape) else None
+        if size is None:
+            nodes.append(node)
+            continue
+        if len(node.input) > 1 and node.input[1]:
+            if node.input[1] not in constants:
+                nodes.append(node)
+                continue
+            sizes = [int(v) for v in constants[node.input[1]]]
+        else:
+            count = len(node.output)
+            step = -(-size // count)
+            sizes = [min(step, size - i * step) for i in range(count)]
+        bounds = np.cumsum([0, *sizes])
+        for index, output in enumerate(node.output):
+            names = [f"{node.name}_{output}_{part}" for part in ("starts", "ends", "axes")]
+            values = ([bounds[index]], [bounds[index + 1]], [axis])
+            added.extend(
+                numpy_helper.from_array(np.array(v, np.int64), n)
+                for n, v in zip(names, values, strict=True)
+            )
+            nodes.append(
+                onnx.helper.make_node(
+                    "Slice", [node.input[0], *names], [output], name=f"{node.name}/{output}"
+                )
+            )
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    del result.graph.node[:]
+    result.graph.node.extend(nodes)
+    result.graph.initializer.extend(added)
+    return result
+
+
+def _gelu_expanded(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Gelu-20 in the ops of its definition, which older opsets and onnx2torch know."""
+    nodes: list[onnx.NodeProto] = []
+    added: list[onnx.TensorProto] = []
+
+    def constant(name: str, value: float) -> str:
+        added.append(numpy_helper.from_array(np.array(value, np.float32), name))
+        return name
+
+    make = onnx.helper.make_node
+    for node in model.graph.node:
+        if node.op_type != "Gelu":
+            nodes.append(node)
+            continue
+        x, y, base = node.input[0], node.output[0], f"{node.name or node.output[0]}/gelu"
+        tanh = any(a.name == "approximate" and a.s == b"tanh" for a in node.attribute)
+        if tanh:  # 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
+            nodes += [
+                make("Mul", [x, x], [f"{base}/x2"], name=f"{base}/x2"),
+                make("Mul", [f"{base}/x2", x], [f"{base}/x3"], name=f"{base}/x3"),
+                make(
+                    "Mul",
+                    [f"{base}/x3", constant(f"{base}/c", 0.044715)],
+                    [f"{base}/cx3"],
+                    name=f"{base}/cx3",
+                ),
+                make("Add", [x, f"{base}/cx3"], [f"{base}/inner"], name=f"{base}/inner"),
+                make(
+                    "Mul",
+                    [f"{base}/inner", constant(f"{base}/k", float(np.sqrt(2 / np.pi)))],
+                    [f"{base}/scaled"],
+                    name=f"{base}/scaled",
+                ),
+                make("Tanh", [f"{base}/scaled"], [f"{base}/t"], name=f"{base}/t"),
+            ]
+        else:  # 0.5·x·(1 + erf(x/√2))
+            nodes += [
+                make(
+                    "Div",
+                    [x, constant(f"{base}/sqrt2", float(np.sqrt(2)))],
+                    [f"{base}/s"],
+                    name=f"{base}/s",
+                ),
+                make("Erf", [f"{base}/s"], [f"{base}/t"], name=f"{base}/t"),
+            ]
+        nodes += [
+            make(
+                "Add", [f"{base}/t", constant(f"{base}/one", 1.0)], [f"{base}/p"], name=f"{base}/p"
+            ),
+            make("Mul", [x, f"{base}/p"], [f"{base}/xp"], name=f"{base}/xp"),
+            make("Mul", [f"{base}/xp", constant(f"{base}/half", 0.5)], [y], name=node.name),
+        ]
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    del result.graph.node[:]
+    result.graph.node.extend(nodes)
+    result.graph.initializer.extend(added)
+    return result
 
 
 def _drop_needless_allowzero(model: onnx.ModelProto) -> None:

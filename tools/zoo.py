@@ -1,8 +1,9 @@
 """Export torchvision architectures, mask ~90% of their filters, and check the chain surgery.
 
 Each model, with random weights and random BatchNorm statistics, is exported by torch's
-TorchScript exporter or its dynamo exporter, normalised, scored with a random mask, shrunk
-and compared in onnxruntime against the scored model. `tests/test_zoo.py` asserts on the
+TorchScript exporter or its dynamo exporter, normalised, scored with a random mask and
+shrunk; onnxruntime's output of the chain is compared with the masked torch scoring model
+(onnx2torch), as `chainx verify` does. `tests/test_zoo.py` asserts on the
 results; run this file to print the table for docs/zoo.md:
 
     .venv/bin/python tools/zoo.py [--exporter torchscript dynamo] [--models resnet18 ...]
@@ -26,6 +27,7 @@ from chainx.channel_analysis import analyse_channels
 from chainx.model_io import normalise
 from chainx.onnx_graph import GraphIndex
 from chainx.score_points import ScorePoint, find_score_points, scored_model
+from chainx.scoring import ScoringModel
 from chainx.surgery import SurgeryResult, shrink
 from chainx.verify import run, session
 
@@ -121,6 +123,7 @@ class ZooResult:
     ops: list[str]
     frozen: list[str]
     error: float
+    scale: float
     masked: int
     removed: int
     layers_removed: int
@@ -165,15 +168,18 @@ def check(name: str, exporter: str, seed: int = 0) -> ZooResult:
     size = ZOO[name]
     batch = 2 if exporter == "torchscript" else 1
     x = np.random.default_rng(1).standard_normal((batch, 3, size, size)).astype(np.float32)
-    expected = run(session(scored), x)
+    # The reference is the masked torch scoring model, as in `chainx verify`.
+    expected = ScoringModel(model, points).masked(x, multipliers)
     actual = run(session(result.model), x)
-    error = float(np.abs(expected - actual).max() / max(np.abs(expected).max(), 1e-12))
+    scale = float(np.abs(expected).max())
+    error = float(np.abs(expected - actual).max() / max(scale, 1e-12))
     return ZooResult(
         name=name,
         exporter=exporter,
         ops=sorted({node.op_type for node in model.graph.node}),
         frozen=sorted({op for _, op in result.frozen}),
         error=error,
+        scale=scale,
         masked=sum(int((m == 0).sum()) for m in multipliers.values()),
         removed=removed_filters(points, multipliers, result),
         layers_removed=sum(not m.any() for m in multipliers.values()),

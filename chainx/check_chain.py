@@ -19,6 +19,7 @@ from chainx.export import (
 from chainx.images import Preprocessing, load_images
 from chainx.model_io import load_model, normalise, sha256_file
 from chainx.score_points import find_score_points
+from chainx.surgery import present_units
 from chainx.verify import verify_chain
 
 
@@ -74,6 +75,7 @@ def verify_saved_chain(sources: ChainSources) -> dict[str, Any]:
     normalised = normalise(original)
     points = find_score_points(normalised)
     multipliers = multipliers_from_metadata(metadata)
+    slices = slices_from_metadata(metadata)
     if sorted(multipliers) != sorted(p.layer for p in points):
         raise ChainxError(
             f"{sources.chain}: its layers do not match the Conv layers of {sources.model}."
@@ -84,7 +86,7 @@ def verify_saved_chain(sources: ChainSources) -> dict[str, Any]:
         sources.model,
         original,
         normalised,
-        slices_from_metadata(metadata),
+        slices,
         masked_outputs(normalised, points, multipliers, region.array),
         region.array,
         holdout,
@@ -93,7 +95,10 @@ def verify_saved_chain(sources: ChainSources) -> dict[str, Any]:
     return {
         "passed": verification.passed and not warnings,
         "warnings": warnings,
-        "summary": chain_summary(multipliers),
+        "summary": chain_summary(
+            multipliers,
+            present_units(chain, slices, {p.layer: p.channels for p in points}),
+        ),
         "metrics": verification.to_json(),
         "files": {"chain.onnx": str(sources.chain)},
     }

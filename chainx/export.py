@@ -48,16 +48,28 @@ def export_chain(
     return result
 
 
-def chain_summary(multipliers: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Layers and filters kept: a filter is kept when its multiplier is not zero."""
-    kept = sum(int(np.count_nonzero(v)) for v in multipliers.values())
+def chain_summary(
+    multipliers: dict[str, np.ndarray], present: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """Layers and filters kept: those the chain physically computes.
+
+    A filter with a non-zero score can still be gone: when its output is a constant (its
+    inputs were all removed), that constant is folded exactly into its consumers' biases,
+    and when nothing reads it, it is dead. Those are counted as `filters_folded`.
+    """
+    kept = sum(len(units) for units in present.values())
     total = sum(len(v) for v in multipliers.values())
+    folded = sum(
+        int(np.count_nonzero(np.delete(values, present[layer])))
+        for layer, values in multipliers.items()
+    )
     return {
-        "layers_kept": sum(bool(v.any()) for v in multipliers.values()),
+        "layers_kept": sum(len(units) > 0 for units in present.values()),
         "layers_total": len(multipliers),
         "filters_kept": kept,
         "filters_total": total,
         "filters_removed_fraction": 1 - kept / total,
+        "filters_folded": folded,
     }
 
 

@@ -25,6 +25,7 @@ from chainx.optimise import OptimiseSettings, StepReport, optimise, resolve_devi
 from chainx.outputs import check_output_dir, write_atomic
 from chainx.result import LayerGraph, LayerResult
 from chainx.score_points import find_score_points
+from chainx.surgery import present_units
 from chainx.verify import model_cost, verify_chain
 
 
@@ -118,9 +119,10 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
     )
     timings["verify_s"] = time.perf_counter() - mark
 
-    layers = _layer_results(points, result.multipliers, result.gates)
+    present = present_units(chain, surgery.slices, {p.layer: p.channels for p in points})
+    layers = _layer_results(points, result.multipliers, result.gates, present)
     edges = layer_edges(GraphIndex.build(normalised), [p.layer for p in points])
-    summary = chain_summary(result.multipliers)
+    summary = chain_summary(result.multipliers, present)
 
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
@@ -170,13 +172,16 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
 
 
 def _layer_results(
-    points: list[Any], multipliers: dict[str, np.ndarray], gates: dict[str, float]
+    points: list[Any],
+    multipliers: dict[str, np.ndarray],
+    gates: dict[str, float],
+    present: dict[str, np.ndarray],
 ) -> list[LayerResult]:
     names = display_names([p.layer for p in points])
     layers = []
     for point in points:
         values = multipliers[point.layer]
-        kept = np.flatnonzero(values)
+        kept = present[point.layer]
         layers.append(
             LayerResult(
                 node=point.layer,
@@ -185,6 +190,7 @@ def _layer_results(
                 gate=gates[point.layer],
                 kept_indices=[int(i) for i in kept],
                 kept_scores=[float(values[i]) for i in kept],
+                folded=int(np.count_nonzero(np.delete(values, kept))),
             )
         )
     return layers

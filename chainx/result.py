@@ -8,7 +8,12 @@ from typing import Any
 
 @dataclass
 class LayerResult:
-    """One scored layer (a Conv) of the original model and what the chain keeps of it."""
+    """One scored layer of the original model and what the chain keeps of it.
+
+    The kept filters are those the chain computes; `folded` counts filters with a non-zero
+    score that the chain does not compute (constant outputs folded into a consumer's bias,
+    or outputs nothing reads).
+    """
 
     node: str
     display: str
@@ -16,6 +21,7 @@ class LayerResult:
     gate: float
     kept_indices: list[int] = field(default_factory=list)
     kept_scores: list[float] = field(default_factory=list)
+    folded: int = 0
 
     @property
     def kept(self) -> int:
@@ -28,6 +34,7 @@ class LayerResult:
             "kept": self.kept,
             "total": self.total,
             "gate": self.gate,
+            "folded": self.folded,
             "filters": [
                 {"index": i, "score": s}
                 for i, s in zip(self.kept_indices, self.kept_scores, strict=True)

@@ -250,3 +250,25 @@ def shrink(model: onnx.ModelProto) -> SurgeryResult:
     result.producer_name = "chainx"
     used_slices = [s for s in em.slices if any(n.name == s.node for n in graph.node)]
     return SurgeryResult(model=result, slices=used_slices, frozen=em.frozen, refilled=em.refilled)
+
+
+def present_units(
+    chain: onnx.ModelProto, slices: list[WeightSlice], layers: dict[str, int]
+) -> dict[str, np.ndarray]:
+    """Per scored layer (node name → unit count), the units the chain physically computes.
+
+    A sliced layer computes the rows of its slice (a Gemm without transB holds its units in
+    the weight's columns); a layer left whole computes all; a layer gone computes none.
+    """
+    nodes = {node.name: node for node in chain.graph.node}
+    rows: dict[str, np.ndarray] = {}
+    for piece in slices:
+        node = nodes.get(piece.node)
+        if node is None:
+            continue
+        by_row = node.op_type == "Conv" or any(a.name == "transB" and a.i for a in node.attribute)
+        rows[piece.node] = np.asarray(piece.axes[0] if by_row else piece.axes[1], np.int64)
+    return {
+        layer: rows.get(layer, np.arange(total if layer in nodes else 0))
+        for layer, total in layers.items()
+    }

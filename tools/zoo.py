@@ -28,7 +28,7 @@ from chainx.model_io import normalise
 from chainx.onnx_graph import GraphIndex
 from chainx.score_points import ScorePoint, find_score_points, scored_model
 from chainx.scoring import ScoringModel
-from chainx.surgery import SurgeryResult, shrink
+from chainx.surgery import SurgeryResult, present_units, shrink
 from chainx.verify import run, session
 
 # Architecture → input size. VGG's adaptive 7×7 pool needs a multiple of 7 at its input.
@@ -144,16 +144,12 @@ def parameters(model: onnx.ModelProto) -> int:
 def removed_filters(
     points: list[ScorePoint], multipliers: dict[str, np.ndarray], result: SurgeryResult
 ) -> int:
-    """Masked filters whose Conv row is physically gone from the chain."""
-    rows = {piece.node: set(piece.axes[0]) for piece in result.slices}
-    present = {node.name for node in result.model.graph.node}
+    """Masked units (filters, hidden neurons) that the chain does not compute."""
+    present = present_units(result.model, result.slices, {p.layer: p.channels for p in points})
     removed = 0
     for point in points:
-        kept = rows.get(
-            point.layer, set(range(point.channels)) if point.layer in present else set()
-        )
         masked = np.flatnonzero(multipliers[point.layer] == 0)
-        removed += sum(int(index) not in kept for index in masked)
+        removed += int((~np.isin(masked, present[point.layer])).sum())
     return removed
 
 

@@ -235,6 +235,55 @@ class ConvClassifier(nn.Module):
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
 
+class ShuffleUnit(nn.Module):
+    """ShuffleNetV2's unit: chunk in two, one half through convs, concat, channel shuffle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 12, 3, padding=1)
+        self.branch = nn.Conv2d(6, 6, 1)
+        self.depthwise = nn.Conv2d(6, 6, 3, padding=1, groups=6)
+        self.head = nn.Conv2d(12, 8, 1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(x))
+        kept, worked = x.chunk(2, dim=1)
+        x = torch.cat([kept, F.relu(self.depthwise(F.relu(self.branch(worked))))], 1)
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(F.relu(self.head(x)), 1), 1))
+
+
+class Upsampling(nn.Module):
+    """A decoder step: upsample a coarse map and add it to a fine one (FPN-like)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fine = nn.Conv2d(3, 8, 3, padding=1)
+        self.coarse = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fine = F.relu(self.fine(x))
+        coarse = F.interpolate(F.relu(self.coarse(fine)), scale_factor=2.0, mode="nearest")
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(fine + coarse, 1), 1))
+
+
+class MlpHead(nn.Module):
+    """VGG's head: a spatial map flattened into hidden fully connected layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.hidden = nn.Linear(6 * 2 * 2, 16)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(F.adaptive_avg_pool2d(F.relu(self.conv(x)), 2), 1)
+        return self.fc(F.dropout(F.relu(self.hidden(x)), training=self.training))
+
+
 MODELS = {
     "plain": (Plain, {}, (1, 3, 8, 8)),
     "identity": (Residual, {"shortcut": "identity"}, (1, 3, 8, 8)),
@@ -246,6 +295,9 @@ MODELS = {
     "pre-activation": (PreActivation, {}, (1, 3, 8, 8)),
     "squeeze-excite": (SqueezeExcite, {}, (1, 3, 8, 8)),
     "conv-classifier": (ConvClassifier, {}, (1, 3, 8, 8)),
+    "shuffle-split": (ShuffleUnit, {}, (1, 3, 8, 8)),
+    "upsampling": (Upsampling, {}, (1, 3, 8, 8)),
+    "mlp-head": (MlpHead, {}, (1, 3, 8, 8)),
 }
 
 

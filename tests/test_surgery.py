@@ -67,6 +67,9 @@ FAMILIES = [
     "pre-activation",
     "squeeze-excite",
     "conv-classifier",
+    "shuffle-split",
+    "upsampling",
+    "mlp-head",
 ]
 
 
@@ -163,6 +166,42 @@ def test_a_removed_excitation_becomes_a_constant_gate() -> None:
     ops = [n.op_type for n in result.model.graph.node]
     assert "Sigmoid" not in ops
     assert conv_named(model, "reduce") not in weights(result.model)
+
+
+def test_hidden_gemm_neurons_are_scored_and_removed() -> None:
+    model = tiny_model("mlp-head")
+    points = find_score_points(model)
+    hidden = next(p for p in points if p.rank == 2)
+    assert hidden.channels == 16
+    multipliers = {p.layer: np.ones(p.channels, np.float32) for p in points}
+    multipliers[hidden.layer][:] = 0
+    multipliers[hidden.layer][[2, 9, 11]] = 1
+    conv = conv_named(model, "conv")
+    multipliers[conv][[0, 5]] = 0
+    result, error = shrink_and_compare(model, multipliers)
+    assert error <= TOLERANCE
+    chain = weights(result.model)
+    # Its weight keeps 3 neurons, reading the 4 flattened pixels of each of the 4 kept filters.
+    assert sorted(chain[hidden.layer].shape) == [3, 16]
+    gemms = [n.name for n in result.model.graph.node if n.op_type == "Gemm"]
+    assert chain[next(g for g in gemms if g != hidden.layer)].shape == (4, 3)
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_shuffle_and_split_follow_the_permuted_channels(dynamo: bool) -> None:
+    model = tiny_model("shuffle-split", dynamo=dynamo)
+    ops = {n.op_type for n in model.graph.node}
+    assert "Transpose" not in ops and "Gather" in ops  # the shuffle is one Gather
+    points = find_score_points(model)
+    multipliers = {p.layer: np.ones(p.channels, np.float32) for p in points}
+    stem, branch = points[0].layer, points[1].layer  # graph order; dynamo names differ
+    multipliers[stem][:] = 0
+    multipliers[stem][[0, 7]] = 1  # one channel in each half of the chunk
+    result, error = shrink_and_compare(model, multipliers)
+    assert error <= TOLERANCE
+    assert result.frozen == []
+    assert weights(result.model)[stem].shape[0] == 2
+    assert weights(result.model)[branch].shape[1] == 1
 
 
 def test_a_conv_classifier_is_not_scored() -> None:

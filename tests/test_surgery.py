@@ -332,3 +332,50 @@ def test_shrink_is_exact_on_batches_of_any_size() -> None:
         np.testing.assert_allclose(
             run(session(chain), x), run(session(scored), x), rtol=1e-5, atol=1e-6
         )
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_split_on_channels_keeps_each_piece_separately(opset: int) -> None:
+    sizes = "<axis = 1, split = [2, 4]>" if opset == 11 else "<axis = 1>"
+    split_inputs = "(c)" if opset == 11 else "(c, sizes)"
+    text = f"""
+    <ir_version: 7, opset_import: ["" : {opset}]>
+    net (float[N, 3, 6, 6] input) => (float[N, 4] logits) {{
+        sizes = Constant <value = int64[2] {{2, 4}}> ()
+        c = Conv <pads = [1, 1, 1, 1]> (input, w1, b1)
+        a, b = Split {sizes} {split_inputs}
+        ra = Relu (a)
+        cb = Conv <pads = [1, 1, 1, 1]> (b, w2, b2)
+        rb = Relu (cb)
+        j = Concat <axis = 1> (ra, rb)
+        p = GlobalAveragePool (j)
+        f = Flatten (p)
+        logits = Gemm <transB = 1> (f, w3, b3)
+    }}
+    """
+    model = onnx.parser.parse_model(text)
+    rng = np.random.default_rng(0)
+    for name, shape in {
+        "w1": (6, 3, 3, 3),
+        "b1": (6,),
+        "w2": (5, 4, 3, 3),
+        "b2": (5,),
+        "w3": (4, 7),
+        "b3": (4,),
+    }.items():
+        model.graph.initializer.append(
+            numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+        )
+    model = normalise(model)
+    assert "Split" in {n.op_type for n in model.graph.node}
+    points = find_score_points(model)
+    first, second = (p.layer for p in points)
+    multipliers = {first: np.zeros(6, np.float32), second: np.ones(5, np.float32)}
+    multipliers[first][[1, 3, 4]] = 1  # one channel of piece a, two of piece b
+    result, error = shrink_and_compare(model, multipliers)
+    assert error <= TOLERANCE
+    assert result.frozen == []
+    split = next(n for n in result.model.graph.node if n.op_type == "Split")
+    assert split.name in {n.name for n in model.graph.node}
+    assert weights(result.model)[first].shape[0] == 3
+    assert weights(result.model)[second].shape[1] == 2

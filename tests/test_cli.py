@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from conftest import SAMPLE_MODEL, SAMPLE_REGION
@@ -140,3 +141,34 @@ def test_verify_against_another_model_file_says_why_it_fails(
     result = invoke("verify", extracted / "chain.onnx", other_path, SAMPLE_REGION)
     assert result.exit_code == 1
     assert "not the model the chain was extracted from" in result.output
+
+
+def test_an_op_without_a_rule_is_frozen_and_reported(tmp_path: Path) -> None:
+    model = onnx.parser.parse_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        net (float[N, 1, 28, 28] input) => (float[N, 10] logits) {
+            a = Conv <pads = [1, 1, 1, 1]> (input, w1, b1)
+            r = Relu (a)
+            n = LRN <size = 3> (r)
+            c = Conv <pads = [1, 1, 1, 1]> (n, w2, b2)
+            p = GlobalAveragePool (c)
+            f = Flatten (p)
+            logits = Gemm <transB = 1> (f, w3, b3)
+        }
+        """
+    )
+    rng = np.random.default_rng(0)
+    shapes = {"w1": (6, 1, 3, 3), "b1": (6,), "w2": (8, 6, 3, 3), "b2": (8,), "w3": (10, 8)}
+    for name, shape in {**shapes, "b3": (10,)}.items():
+        value = rng.standard_normal(shape).astype(np.float32)
+        model.graph.initializer.append(numpy_helper.from_array(value, name))
+    path = tmp_path / "lrn.onnx"
+    path.write_bytes(model.SerializeToString())
+    out = tmp_path / "out"
+    result = invoke("extract", path, SAMPLE_REGION, "--out", out, *QUICK)
+    assert result.exit_code == 0, result.output
+    assert "frozen ops" in result.output and "(LRN)" in result.output
+    data = json.loads((out / "chain.json").read_text())
+    assert [f["op_type"] for f in data["frozen_ops"]] == ["LRN"]
+    assert data["metrics"]["exactness"]["passed"]

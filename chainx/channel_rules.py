@@ -149,9 +149,9 @@ class ChannelwiseRule(Rule):
 
     def emit(self, node: onnx.NodeProto, em: Emitter) -> None:
         x, y = _single(node, em.g)
-        layout = em.layout(x)
-        if not self.zero_preserved(node, em.g).all():
-            layout = np.union1d(layout, np.flatnonzero(em.live(y)))
+        # Live outputs whose input is a known constant (Sigmoid(0), or a constant that
+        # padding counted in an average makes vary) need that constant brought back.
+        layout = np.union1d(em.layout(x), np.flatnonzero(em.live(y)))
         inputs = [em.remapped(x, layout)]
         rank = len(em.g.shapes[x])
         for position, name in enumerate(node.input[1:], start=1):
@@ -329,11 +329,15 @@ class PadRule(Rule):
         rank = len(pads) // 2
         head = int(pads[1])
         pads[1] = pads[1 + rank] = 0
-        layout = em.layout(x) + head
         if not pads.any():
-            em.set(y, em.src(x), layout)
+            em.set(y, em.src(x), em.layout(x) + head)
             return
-        inputs = [em.src(x), em.constant(f"{node.name}_pads", pads), *map(em.src, node.input[2:3])]
+        # Spatial padding makes a constant channel vary: bring back the needed ones.
+        live = np.flatnonzero(em.live(y)[head : head + em.g.width[x]])
+        channels = np.union1d(em.layout(x), live)
+        layout = channels + head
+        source = em.remapped(x, channels)
+        inputs = [source, em.constant(f"{node.name}_pads", pads), *map(em.src, node.input[2:3])]
         em.copy(node, inputs)
         em.set(y, y, layout)
 

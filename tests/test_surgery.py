@@ -379,3 +379,56 @@ def test_split_on_channels_keeps_each_piece_separately(opset: int) -> None:
     assert split.name in {n.name for n in model.graph.node}
     assert weights(result.model)[first].shape[0] == 3
     assert weights(result.model)[second].shape[1] == 2
+
+
+def test_constants_that_padding_makes_vary_are_brought_back() -> None:
+    """BN turns removed filters into constants; padding at the borders makes them vary."""
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    net (float[N, 3, 6, 6] input) => (float[N, 4] logits) {
+        a = Conv <pads = [1, 1, 1, 1]> (input, w1)
+        r = Relu (a)
+        n = BatchNormalization (r, scale, bias, mean, var)
+        pooled = AveragePool <kernel_shape = [3, 3], pads = [1, 1, 1, 1], count_include_pad = 1> (n)
+        padded = Pad (n, pads)
+        c = Conv (pooled, w2, b2)
+        d = Conv (padded, w3, b3)
+        s = Add (c, d)
+        p = ReduceMean <axes = [2, 3], keepdims = 0> (s)
+        logits = Gemm <transB = 1> (p, w4, b4)
+    }
+    """
+    model = onnx.parser.parse_model(text)
+    rng = np.random.default_rng(0)
+    for name, shape in {
+        "w1": (6, 3, 3, 3),
+        "scale": (6,),
+        "bias": (6,),
+        "mean": (6,),
+        "w2": (5, 6, 1, 1),
+        "b2": (5,),
+        "w3": (5, 6, 3, 3),
+        "b3": (5,),
+        "w4": (4, 5),
+        "b4": (4,),
+    }.items():
+        model.graph.initializer.append(
+            numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+        )
+    model.graph.initializer.append(
+        numpy_helper.from_array(rng.uniform(0.5, 2, 6).astype(np.float32), "var")
+    )
+    model.graph.initializer.append(
+        numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")
+    )
+    model = normalise(model)
+    points = find_score_points(model)
+    multipliers = {p.layer: np.ones(p.channels, np.float32) for p in points}
+    first = points[0].layer
+    multipliers[first][[0, 2, 3, 5]] = 0
+    result, error = shrink_and_compare(model, multipliers)
+    assert error <= TOLERANCE
+    assert result.frozen == []
+    # Both 1×1 convs read all six channels: the removed ones vary at the borders now.
+    chain = weights(result.model)
+    assert [chain[p.layer].shape[1] for p in points[1:3]] == [6, 6]

@@ -116,6 +116,22 @@ def extract(
         float | None,
         typer.Option(min=0.0, help="KL guard: λ backs off while KL exceeds this."),
     ] = 0.3,
+    gradual: Annotated[
+        bool,
+        typer.Option(
+            help="Reach --keep-ratio gradually during sparsification; --no-gradual cuts to it "
+            "after a first fine-tuning."
+        ),
+    ] = True,
+    hinge: Annotated[float, typer.Option(min=0.0, help="Weight of the top-1 margin hinge.")] = 1.0,
+    hold_margin: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Keep each image's top-1 margin above this fraction of the original's, "
+            "during sparsification too.",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Write into a non-empty foreign folder.")] = False,
 ) -> None:
     """Extract the inference chain of MODEL on the region IMAGES."""
@@ -143,6 +159,9 @@ def extract(
                 tau=tau,
                 keep_ratio=keep_ratio,
                 kl_budget=kl_budget,
+                gradual=gradual,
+                hinge=hinge,
+                hold_margin=hold_margin,
                 seed=seed,
                 device=device.value,
             ),

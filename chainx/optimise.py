@@ -45,6 +45,8 @@ class OptimiseSettings:
     device: str = "cpu"
     augment: bool = False
     margin: float = 1.0
+    hinge: float = 1.0
+    hold_margin: float | None = None
     kl_budget: float | None = 0.3
     gradual: bool = True
 
@@ -131,24 +133,37 @@ class Objective:
         return [(images, self._targets(images)) for images in jittered]
 
     def step(
-        self, lam: float = 0.0, augment: bool = False, margin: float = 0.0
+        self,
+        lam: float = 0.0,
+        augment: bool = False,
+        hinge: float = 0.0,
+        margin: float = 0.0,
+        hold: float | None = None,
     ) -> tuple[float, float, float]:
         """Backward of the loss; returns (loss, kl, top-1 agreement).
 
-        The loss is KL + λ·mean|score| (+ the margin hinge). The L1 is a mean over all
-        filters so that one λ weighs the same on a small and a large model.
+        The loss is KL + λ·mean|score| + hinge·mean(relu(rival − top + want)), where `top` is
+        the original's top-1 class, `rival` the best other class, and `want` the margin to
+        keep: `margin`, or with `hold` that fraction of the original's own margin, capped
+        at `margin`. The L1 is a mean over all filters so that one λ weighs the same on a
+        small and a large model.
         """
         kl_total, agree, hinge_total = 0.0, 0, 0.0
         for batch, target in self._batches(augment and self.augment):
             log_q = log_probabilities(self.scoring(batch), self.kind)
             kl = (target.exp() * (target - log_q)).sum(dim=-1).sum() / self.count
-            if margin:
+            if hinge:
                 top = target.argmax(-1, keepdim=True)
                 rivals = log_q.scatter(-1, top, float("-inf")).max(-1).values
                 gap = rivals - log_q.gather(-1, top).squeeze(-1)
-                hinge = torch.relu(gap + margin).sum() / self.count
-                hinge_total += float(hinge.detach())
-                kl = kl + hinge
+                want = torch.full_like(gap, margin)
+                if hold is not None:
+                    original_rivals = target.scatter(-1, top, float("-inf")).max(-1).values
+                    original_gap = target.gather(-1, top).squeeze(-1) - original_rivals
+                    want = torch.clamp(hold * original_gap, max=margin)
+                term = hinge * torch.relu(gap + want).sum() / self.count
+                hinge_total += float(term.detach())
+                kl = kl + term
             if not torch.isfinite(kl):
                 raise ChainxError(
                     "the KL divergence became NaN or Inf during optimisation. Check the "
@@ -200,8 +215,8 @@ def _gradual_keep(step: int, total: int, keep_ratio: float) -> float:
     return keep_ratio + (1 - keep_ratio) * (1 - progress) ** 3
 
 
-def _threshold(scoring: ScoringModel, settings: OptimiseSettings) -> None:
-    if settings.keep_ratio is not None:
+def _threshold(scoring: ScoringModel, settings: OptimiseSettings, by_budget: bool = True) -> None:
+    if settings.keep_ratio is not None and by_budget:
         _keep_top(scoring, settings.keep_ratio, final=True)
     else:
         with torch.no_grad():
@@ -212,6 +227,35 @@ def _threshold(scoring: ScoringModel, settings: OptimiseSettings) -> None:
             f"every filter scored below the threshold τ={settings.tau}: λ={settings.lam} is "
             f"too strong for this model. Try --lam {settings.lam / 4:g} or set --keep-ratio."
         )
+
+
+def _finetune(
+    scoring: ScoringModel,
+    objective: Objective,
+    params: list[torch.Tensor],
+    settings: OptimiseSettings,
+    report: Callable[[str, int, int, float, float, float], None],
+    phase: str = "fine-tune",
+) -> list[torch.Tensor]:
+    """Fine-tune the kept scores, mask fixed; returns the best multipliers seen."""
+    adam = torch.optim.Adam(params, lr=settings.finetune_lr)
+    best: tuple[float, float, list[torch.Tensor]] | None = None
+    for step in range(settings.finetune_steps + 1):
+        adam.zero_grad()
+        loss, kl, agree = objective.step(
+            hinge=settings.hinge, margin=settings.margin, hold=settings.hold_margin
+        )
+        # Keep the best state seen: highest agreement, then lowest KL.
+        if best is None or (agree, -kl) > (best[0], -best[1]):
+            best = (agree, kl, [m.detach().clone() for m in scoring.multipliers()])
+        if step == settings.finetune_steps:
+            break
+        adam.step()
+        with torch.no_grad():
+            for score in scoring.scores:
+                score.clamp_(min=0.0)
+        report(phase, step + 1, settings.finetune_steps, loss, kl, agree)
+    return best[2]
 
 
 def optimise(
@@ -251,7 +295,13 @@ def optimise(
         # Continuation: λ grows geometrically, so the filters separate while the
         # pressure is mild and the tail goes once the important ones are established.
         lam = settings.lam * settings.lam_growth ** (step / settings.steps) * strength
-        loss, kl, agree = objective.step(lam, augment=True)
+        loss, kl, agree = objective.step(
+            lam,
+            augment=True,
+            hinge=settings.hinge if settings.hold_margin is not None else 0.0,
+            margin=settings.margin,
+            hold=settings.hold_margin,
+        )
         if settings.kl_budget is not None:
             # The KL guard: back off fast when the region's outputs drift, recover otherwise.
             drifting = kl > settings.kl_budget
@@ -272,25 +322,18 @@ def optimise(
         if stable >= settings.patience and steps >= 0.7 * settings.steps:
             break
 
-    _threshold(scoring, settings)
-    adam = torch.optim.Adam(params, lr=settings.finetune_lr)
-    best: tuple[float, float, list[torch.Tensor]] | None = None
-    for step in range(settings.finetune_steps + 1):
-        adam.zero_grad()
-        loss, kl, agree = objective.step(margin=settings.margin)
-        # Keep the best state seen: highest agreement, then lowest KL.
-        if best is None or (agree, -kl) > (best[0], -best[1]):
-            best = (agree, kl, [m.detach().clone() for m in scoring.multipliers()])
-        if step == settings.finetune_steps:
-            break
-        adam.step()
-        with torch.no_grad():
-            for score in scoring.scores:
-                score.clamp_(min=0.0)
-        report("fine-tune", step + 1, settings.finetune_steps, loss, kl, agree)
+    if settings.keep_ratio is not None and not settings.gradual:
+        # Fine-tune everything above τ first, then cut to the budget and fine-tune again:
+        # the scores the first fine-tuning settles rank the filters better than phase 1's.
+        _threshold(scoring, settings, by_budget=False)
+        _finetune(scoring, objective, params, settings, report)
+        _threshold(scoring, settings)
+        final = _finetune(scoring, objective, params, settings, report, "fine-tune (budget)")
+    else:
+        _threshold(scoring, settings)
+        final = _finetune(scoring, objective, params, settings, report)
 
     gates = torch.sigmoid(scoring.gates).detach().cpu().numpy()
-    final = best[2]
     return OptimiseResult(
         multipliers={
             point.layer: m.cpu().numpy().astype(np.float32)

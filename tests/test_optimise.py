@@ -54,3 +54,35 @@ def test_same_seed_same_result_on_cpu() -> None:
 def test_a_threshold_that_removes_everything_is_explained() -> None:
     with pytest.raises(ChainxError, match="too strong"):
         _run(OptimiseSettings(lam=3.0, steps=5, finetune_steps=0, tau=1e6))
+
+
+def test_a_cut_after_fine_tuning_meets_the_budget() -> None:
+    reports = []
+    settings = OptimiseSettings(
+        lam=30.0, steps=40, finetune_steps=10, tau=0.0, keep_ratio=0.1, gradual=False
+    )
+    result, _ = _run(settings, reports.append)
+    total = sum(len(m) for m in result.multipliers.values())
+    kept = sum(int((m != 0).sum()) for m in result.multipliers.values())
+    assert 0 < kept <= int(np.ceil(0.1 * total))
+    assert [p for p in dict.fromkeys(r.phase for r in reports)] == [
+        "sparsify",
+        "fine-tune",
+        "fine-tune (budget)",
+    ]
+
+
+@pytest.mark.parametrize(("hold", "active"), [(0.5, False), (2.0, True)])
+def test_the_hinge_holds_a_fraction_of_each_original_margin(hold: float, active: bool) -> None:
+    import torch
+
+    from chainx.optimise import Objective
+
+    scoring = ScoringModel(MODEL, find_score_points(MODEL))
+    scoring.gates.data.fill_(30.0)  # sigmoid(30) is 1 in float32: every multiplier is 1
+    objective = Objective(scoring, torch.from_numpy(IMAGES.array), "logits", 32, False, 0)
+    # Unscored, the chain is the original: its margin is the original margin, so holding
+    # half of it costs nothing, while asking for twice as much does.
+    loss, kl, agree = objective.step(hinge=1.0, margin=100.0, hold=hold)
+    assert agree == 1.0 and kl == pytest.approx(0.0, abs=1e-6)
+    assert (loss > 1e-3) == active

@@ -72,7 +72,7 @@ def verify_saved_chain(sources: ChainSources) -> dict[str, Any]:
     prep = Preprocessing.from_json(settings["preprocessing"])
     region = load_images(sources.images, prep)
     holdout = load_images(sources.holdout, prep).array if sources.holdout else None
-    normalised = normalise(original)
+    normalised = normalise(original, settings.get("input"), settings.get("output"))
     points = find_score_points(normalised)
     multipliers = multipliers_from_metadata(metadata)
     slices = slices_from_metadata(metadata)

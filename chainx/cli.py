@@ -133,6 +133,16 @@ def extract(
         ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Write into a non-empty foreign folder.")] = False,
+    strict: Annotated[
+        bool, typer.Option(help="Fail on an unreadable image instead of skipping it.")
+    ] = False,
+    input_name: Annotated[
+        str | None, typer.Option("--input", help="The image input, for a model with several.")
+    ] = None,
+    output_name: Annotated[
+        str | None,
+        typer.Option("--output", help="The class-score output, for a model with several."),
+    ] = None,
 ) -> None:
     """Extract the inference chain of MODEL on the region IMAGES."""
     from chainx.extract import ExtractOptions, Listener
@@ -150,6 +160,9 @@ def extract(
             mean=_floats("--mean", mean),
             std=_floats("--std", std),
             force=force,
+            strict=strict,
+            input_name=input_name,
+            output_name=output_name,
             optimise=OptimiseSettings(
                 lam=lam,
                 lam_growth=lam_growth,

@@ -40,6 +40,9 @@ class ExtractOptions:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     force: bool = False
+    strict: bool = False
+    input_name: str | None = None
+    output_name: str | None = None
     optimise: OptimiseSettings = field(default_factory=OptimiseSettings)
 
 
@@ -60,7 +63,11 @@ class ExtractReport:
 
 
 def extract(options: ExtractOptions, listener: Listener | None = None) -> ExtractReport:
-    from chainx.scoring import ScoringModel, output_kind  # torch loads here, not at import
+    from chainx.scoring import (  # torch loads here, not at import
+        ScoringModel,
+        check_convertible,
+        output_kind,
+    )
 
     listener = listener or Listener()
     timings: dict[str, float] = {}
@@ -70,13 +77,18 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
 
     original = load_model(options.model)
     digest = sha256_file(options.model)
-    normalised = normalise(original)
+    normalised = normalise(original, options.input_name, options.output_name)
+    check_convertible(normalised)
     graph_input = normalised.graph.input[0].type.tensor_type.shape.dim
     input_shape = [d.dim_value if d.HasField("dim_value") else None for d in graph_input]
     prep = make_preprocessing(input_shape, options.size, options.resize, options.mean, options.std)
     listener.message(f"preprocessing: {prep.describe()}")
-    region = load_images(options.images, prep)
-    holdout = load_images(options.holdout, prep) if options.holdout else None
+    region = load_images(options.images, prep, options.strict)
+    holdout = load_images(options.holdout, prep, options.strict) if options.holdout else None
+    for name, images in (("region", region), ("holdout", holdout)):
+        skipped = images.skipped.describe() if images else None
+        if skipped:
+            listener.message(f"{name}: {skipped}")
     kind = output_kind(normalised)
     points = find_score_points(normalised)
     listener.message(
@@ -97,6 +109,8 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
         **{k: v for k, v in asdict(settings).items()},
         "preprocessing": prep.to_json(),
         "output_kind": kind,
+        "input": options.input_name,
+        "output": options.output_name,
     }
     surgery = export_chain(
         normalised, points, result.multipliers, {"sha256": digest, "settings": settings_json}

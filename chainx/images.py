@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,7 @@ class ImageSet:
     paths: list[Path]
     labels: list[str]
     array: np.ndarray
+    skipped: SkippedFiles = field(default_factory=lambda: SkippedFiles())
 
 
 def make_preprocessing(
@@ -101,37 +102,110 @@ def make_preprocessing(
     )
 
 
-def find_images(folder: Path) -> tuple[list[Path], list[str]]:
-    """Images in a flat folder, or in one sub-folder per class (the label)."""
+# Pixels above which an image is refused before it is decoded: a decompression bomb.
+MAX_PIXELS = 64_000_000
+# Stand-ins that photo sites serve for deleted photos (e.g. in the ants/bees set).
+PLACEHOLDER_STEMS = {"imagenotfound", "photo_unavailable", "unavailable"}
+
+
+@dataclass
+class SkippedFiles:
+    """Files in an image folder that are not used, and why: reported once, counted."""
+
+    not_images: list[Path] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+
+    def describe(self) -> str | None:
+        parts = []
+        if self.not_images:
+            names = ", ".join(p.name for p in self.not_images[:3])
+            more = f" and {len(self.not_images) - 3} more" if len(self.not_images) > 3 else ""
+            parts.append(f"{len(self.not_images)} non-image or placeholder files ({names}{more})")
+        if self.unreadable:
+            names = "; ".join(f"{p.name}: {why}" for p, why in self.unreadable[:3])
+            more = f"; and {len(self.unreadable) - 3} more" if len(self.unreadable) > 3 else ""
+            parts.append(f"{len(self.unreadable)} unreadable images ({names}{more})")
+        return "skipped " + " and ".join(parts) if parts else None
+
+
+def _is_candidate(path: Path) -> bool:
+    suffix = path.suffix.lower()
+    return (
+        (suffix in IMAGE_SUFFIXES or suffix == ".npy")
+        and not path.name.startswith(".")
+        and path.stem.lower() not in PLACEHOLDER_STEMS
+    )
+
+
+def find_images(folder: Path) -> tuple[list[Path], list[str], list[Path]]:
+    """Images in a flat folder, or in one sub-folder per class (the label).
+
+    Returns the images, their labels, and the other files (skipped).
+    """
     if not folder.is_dir():
         raise ChainxError(f"{folder}: not a folder. Give a folder of images.")
     paths: list[Path] = []
     labels: list[str] = []
+    skipped: list[Path] = []
     for entry in sorted(folder.iterdir()):
+        files = [(entry, "")] if entry.is_file() else []
         if entry.is_dir():
-            for path in sorted(entry.iterdir()):
-                if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-                    paths.append(path)
-                    labels.append(entry.name)
-        elif entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES:
-            paths.append(entry)
-            labels.append("")
+            files = [(path, entry.name) for path in sorted(entry.iterdir()) if path.is_file()]
+        for path, label in files:
+            if _is_candidate(path):
+                paths.append(path)
+                labels.append(label)
+            else:
+                skipped.append(path)
     if not paths:
         raise ChainxError(
-            f"{folder}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))}), neither in "
-            "the folder nor in its class sub-folders."
+            f"{folder}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))} or .npy), "
+            "neither in the folder nor in its class sub-folders."
         )
-    return paths, labels
+    return paths, labels, skipped
+
+
+def _to_8_bit(image: Image.Image) -> Image.Image:
+    """16-bit and 32-bit integer images (PNG "I;16", "I") scaled to 8 bits, not clipped."""
+    if image.mode not in {"I;16", "I;16B", "I;16L", "I"}:
+        return image
+    values = np.asarray(image, np.float64)
+    top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+    return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+
+
+def _load_array(path: Path, prep: Preprocessing) -> np.ndarray:
+    """A preprocessed .npy tensor, (C, S, S) or (1, C, S, S), as the model takes it."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise _Unreadable(f"not a readable .npy file ({exc})") from None
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    expected = (prep.channels, prep.size, prep.size)
+    if array.shape != expected or not np.issubdtype(array.dtype, np.number):
+        raise _Unreadable(f"a .npy input must be a number array of shape {expected}")
+    return array.astype(np.float32)
+
+
+class _Unreadable(Exception):
+    """One input file that cannot be used; the message says why."""
 
 
 def load_image(path: Path, prep: Preprocessing) -> np.ndarray:
+    if path.suffix.lower() == ".npy":
+        return _load_array(path, prep)
     try:
         with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened).convert("RGB" if prep.channels == 3 else "L")
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise ChainxError(
-            f"{path}: not a readable image ({exc}). Remove it or replace it."
-        ) from None
+            if opened.width * opened.height > MAX_PIXELS:
+                raise _Unreadable(
+                    f"{opened.width}×{opened.height} pixels is over chainx's limit of "
+                    f"{MAX_PIXELS:,} (a decompression bomb?)"
+                )
+            image = _to_8_bit(ImageOps.exif_transpose(opened))
+            image = image.convert("RGB" if prep.channels == 3 else "L")
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        raise _Unreadable(f"not a readable image ({exc})") from None
     scale = prep.resize / min(image.size)
     resized = image.resize(
         (max(prep.size, round(image.width * scale)), max(prep.size, round(image.height * scale))),
@@ -146,7 +220,39 @@ def load_image(path: Path, prep: Preprocessing) -> np.ndarray:
     return ((array - mean) / std).transpose(2, 0, 1)
 
 
-def load_images(folder: Path, prep: Preprocessing) -> ImageSet:
-    paths, labels = find_images(folder)
-    array = np.stack([load_image(path, prep) for path in paths]).astype(np.float32)
-    return ImageSet(paths=paths, labels=labels, array=array)
+def load_images(folder: Path, prep: Preprocessing, strict: bool = False) -> ImageSet:
+    """Load and preprocess every image of a folder.
+
+    Non-image files and known placeholders are skipped and counted. An unreadable image
+    (corrupt, truncated, a decompression bomb) is skipped and named, or with `strict` is an
+    error. Inputs with NaN or Inf are refused.
+    """
+    paths, labels, other = find_images(folder)
+    skipped = SkippedFiles(not_images=other)
+    kept_paths, kept_labels, arrays = [], [], []
+    for path, label in zip(paths, labels, strict=True):
+        try:
+            array = load_image(path, prep)
+        except _Unreadable as exc:
+            if strict:
+                raise ChainxError(
+                    f"{path}: {exc}. Remove or replace it, or drop --strict to skip it."
+                ) from None
+            skipped.unreadable.append((path, str(exc)))
+            continue
+        if not np.isfinite(array).all():
+            raise ChainxError(f"{path}: the input holds NaN or Inf values. Fix or remove it.")
+        kept_paths.append(path)
+        kept_labels.append(label)
+        arrays.append(array)
+    if not arrays:
+        raise ChainxError(
+            f"{folder}: none of its {len(paths)} image files could be read "
+            f"({skipped.unreadable[0][0].name}: {skipped.unreadable[0][1]})."
+        )
+    return ImageSet(
+        paths=kept_paths,
+        labels=kept_labels,
+        array=np.stack(arrays).astype(np.float32),
+        skipped=skipped,
+    )

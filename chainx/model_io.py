@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.external_data_helper
 import onnx.version_converter
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
@@ -17,6 +18,7 @@ from onnxscript.rewriter.rules.common import _fuse_batchnorm
 
 from chainx.channel_shuffle import shuffles_to_gather
 from chainx.errors import ChainxError
+from chainx.onnx_graph import live_nodes
 
 
 def sha256_file(path: Path) -> str:
@@ -31,15 +33,50 @@ def load_model(path: Path) -> onnx.ModelProto:
     """Read and check a model file; external data is read from the model's folder."""
     if not path.is_file():
         raise ChainxError(f"{path}: no such model file. Give the path of an .onnx file.")
+    if path.stat().st_size == 0:
+        raise ChainxError(f"{path}: the file is empty. Export the model again.")
     try:
-        model = onnx.load(str(path))
-        onnx.checker.check_model(model)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises several unrelated types for a bad file
         raise ChainxError(
             f"{path}: not a valid ONNX model ({type(exc).__name__}: {exc}). "
             "Export the model again, or check that the file is complete."
         ) from None
+    _check_external_locations(model, path)
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise ChainxError(
+            f"{path}: not a valid ONNX model ({type(exc).__name__}: {exc}). "
+            "Export the model again, or check that the file and its external data are "
+            "complete."
+        ) from None
     return model
+
+
+def _check_external_locations(model: onnx.ModelProto, path: Path) -> None:
+    """External data must lie inside the model's folder: no absolute path, no `..`, no
+    symlink that leads out. A hostile model could otherwise make chainx read any file."""
+    folder = path.parent.resolve()
+    tensors = [*model.graph.initializer]
+    tensors += [a.t for node in model.graph.node for a in node.attribute if a.HasField("t")]
+    for tensor in tensors:
+        if not onnx.external_data_helper.uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        relative = Path(location)
+        target = (folder / relative).resolve()
+        if relative.is_absolute() or ".." in relative.parts or not target.is_relative_to(folder):
+            raise ChainxError(
+                f"{path}: the weights of {tensor.name!r} point outside the model's folder "
+                f"({location!r}). chainx reads external data only from beside the model."
+            )
+        if not target.is_file():
+            raise ChainxError(
+                f"{path}: the external data file {location!r} of {tensor.name!r} is missing. "
+                "Put it beside the model."
+            )
 
 
 def _name_unnamed_nodes(graph: onnx.GraphProto) -> None:
@@ -114,15 +151,19 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     return shapes
 
 
-def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Fold constants, drop Identity nodes, make padding explicit and infer every shape."""
-    graph_inputs = [i for i in model.graph.input if i.name not in _initializer_names(model)]
-    if len(graph_inputs) != 1 or len(model.graph.output) != 1:
-        raise ChainxError(
-            f"the model has {len(graph_inputs)} inputs and {len(model.graph.output)} outputs; "
-            "chainx needs an image classifier with one input and one output."
-        )
-    model = _at_most_opset(onnx.ModelProto.FromString(model.SerializeToString()), TORCH_OPSET)
+def normalise(
+    model: onnx.ModelProto, input_name: str | None = None, output_name: str | None = None
+) -> onnx.ModelProto:
+    """Fold constants, drop Identity nodes, make padding explicit and infer every shape.
+
+    A model with several inputs or outputs is cut down to the image input and the class
+    output that `input_name` and `output_name` choose.
+    """
+    model = _select_io(
+        onnx.ModelProto.FromString(model.SerializeToString()), input_name, output_name
+    )
+    model = _at_least_opset(model, OLDEST_OPSET)
+    model = _at_most_opset(model, TORCH_OPSET)
     # Initializers listed as graph inputs are overridable; as plain constants they fold.
     names = _initializer_names(model)
     kept_inputs = [i for i in model.graph.input if i.name not in names]
@@ -151,6 +192,79 @@ def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
 
 # The newest opset whose ops onnx2torch converts (its Reduce*/Reshape stop at 17).
 TORCH_OPSET = 17
+# Older models are upgraded to this one first: before it, Pad, Slice, Clip and friends
+# carried their parameters as attributes that the channel rules do not read.
+OLDEST_OPSET = 11
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in {"", "ai.onnx"}), 0)
+
+
+def _at_least_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    if _opset(model) >= opset:
+        return model
+    try:
+        converted = onnx.version_converter.convert_version(model, 13)
+        onnx.checker.check_model(converted)
+    except Exception as exc:  # the converter raises bare RuntimeErrors
+        raise ChainxError(
+            f"the model uses opset {_opset(model)}, and onnx's version converter cannot "
+            f"upgrade it ({type(exc).__name__}: {str(exc)[:200]}). Export it again with "
+            "opset 11 or newer."
+        ) from None
+    return converted
+
+
+def _select_io(
+    model: onnx.ModelProto, input_name: str | None, output_name: str | None
+) -> onnx.ModelProto:
+    """Keep one output (the class scores) and the one input it reads (the image)."""
+    outputs = [o.name for o in model.graph.output]
+    if output_name is not None and output_name not in outputs:
+        raise ChainxError(
+            f"--output {output_name!r} is not an output of the model; its outputs are "
+            f"{', '.join(outputs)}."
+        )
+    if output_name is None and len(outputs) > 1:
+        raise ChainxError(
+            f"the model has {len(outputs)} outputs ({', '.join(outputs)}): say which one holds "
+            "the class scores with --output NAME."
+        )
+    chosen = output_name or outputs[0]
+    kept = [o for o in model.graph.output if o.name == chosen]
+    nodes = live_nodes(list(model.graph.node), [chosen])
+    initializers = _initializer_names(model)
+    inputs = [i.name for i in model.graph.input if i.name not in initializers]
+    read = {name for node in nodes for name in node.input} | {chosen}
+    used = [name for name in inputs if name in read]
+    if input_name is not None and input_name not in inputs:
+        raise ChainxError(
+            f"--input {input_name!r} is not an input of the model; its inputs are "
+            f"{', '.join(inputs)}."
+        )
+    if input_name is None and len(used) > 1:
+        raise ChainxError(
+            f"the output {chosen!r} reads {len(used)} inputs ({', '.join(used)}): say which "
+            "one is the image with --input NAME."
+        )
+    image = input_name or (used[0] if used else inputs[0])
+    others = [name for name in used if name != image]
+    if others:
+        raise ChainxError(
+            f"the output {chosen!r} also reads the inputs {', '.join(others)}; chainx feeds "
+            "only the image input. Export the classifier with a single input."
+        )
+    if len(outputs) == 1 and len(inputs) == 1:
+        return model
+    graph_inputs = [i for i in model.graph.input if i.name == image or i.name in initializers]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+    del model.graph.input[:]
+    model.graph.input.extend(graph_inputs)
+    return model
 
 
 def _at_most_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
@@ -160,8 +274,7 @@ def _at_most_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     knows on ReduceSum; it is the default there, so it goes. A model the converter cannot
     take stays as it is, and onnx2torch names what it cannot convert.
     """
-    version = next((o.version for o in model.opset_import if o.domain in {"", "ai.onnx"}), 0)
-    if version <= opset:
+    if _opset(model) <= opset:
         return model
     try:
         older = _gelu_expanded(_splits_as_slices(model))

@@ -37,6 +37,28 @@ def log_probabilities(output: torch.Tensor, kind: str) -> torch.Tensor:
     return torch.log_softmax(output, dim=-1)
 
 
+def check_convertible(model: onnx.ModelProto) -> None:
+    """Name every node onnx2torch has no converter for, all at once, before any long work."""
+    from onnx2torch.node_converters.registry import get_converter
+
+    version = next((o.version for o in model.opset_import if o.domain in {"", "ai.onnx"}), 0)
+    missing = []
+    for node in model.graph.node:
+        try:
+            get_converter(node.op_type, version, node.domain or "")
+        except NotImplementedError:
+            missing.append(
+                f"{node.name} ({node.domain + '.' if node.domain else ''}{node.op_type})"
+            )
+    if missing:
+        raise ChainxError(
+            f"{len(missing)} nodes use ops that chainx cannot run in torch (onnx2torch has no "
+            f"converter for them at opset {version}): {', '.join(missing[:20])}"
+            + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+            + ". Export the model with standard ONNX ops."
+        )
+
+
 def convert(model: onnx.ModelProto) -> nn.Module:
     import onnx2torch  # imports torchvision: slow, so only where torch work starts
 

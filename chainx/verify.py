@@ -43,11 +43,22 @@ def session(
     return ort.InferenceSession(source, options, providers=chosen)
 
 
-def run(sess: ort.InferenceSession, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    name = sess.get_inputs()[0].name
-    fixed = sess.get_inputs()[0].shape[0]
+def run(
+    sess: ort.InferenceSession,
+    images: np.ndarray,
+    batch_size: int = 32,
+    input_name: str | None = None,
+    output_name: str | None = None,
+) -> np.ndarray:
+    """The model's output for `images` (its first input and output unless named)."""
+    model_input = next(i for i in sess.get_inputs() if input_name in (None, i.name))
+    fixed = model_input.shape[0]
     step = fixed if isinstance(fixed, int) else batch_size
-    outputs = [sess.run(None, {name: images[i : i + step]})[0] for i in range(0, len(images), step)]
+    wanted = [output_name] if output_name else None
+    outputs = [
+        sess.run(wanted, {model_input.name: images[i : i + step]})[0]
+        for i in range(0, len(images), step)
+    ]
     return np.concatenate(outputs).reshape(len(images), -1)
 
 
@@ -229,13 +240,21 @@ def verify_chain(
 ) -> ChainVerification:
     """Every check of a chain: exactness against `expected` (the masked scoring model's
     output on `region`), exact copies, and fidelity to the original on region and holdout."""
-    chain_session, original_session = session(chain), session(original_path)
+    chain_session = session(chain)
+    # The user's file itself, on the image input and class output chainx worked on; a model
+    # with other inputs cannot run on the image alone, so its normalised form stands in.
+    constants = {init.name for init in original.graph.initializer}
+    reads_one_input = sum(i.name not in constants for i in original.graph.input) <= 1
+    original_session = session(original_path if reads_one_input else normalised)
+    names = {"input_name": chain.graph.input[0].name, "output_name": chain.graph.output[0].name}
     chain_out = run(chain_session, region)
-    original_out = run(original_session, region)
+    original_out = run(original_session, region, **names)
     classes = region_classes(original_out)
     held = None
     if holdout is not None:
-        held = fidelity(run(chain_session, holdout), run(original_session, holdout), kind, classes)
+        held = fidelity(
+            run(chain_session, holdout), run(original_session, holdout, **names), kind, classes
+        )
     return ChainVerification(
         exactness=check_exactness(chain_out, expected),
         copies=check_exact_copies(chain, original, slices, normalised),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED
 from PIL import Image
 
 from chainx.errors import ChainxError
@@ -39,9 +40,10 @@ def test_class_folders_give_labels_and_flat_folders_none(tmp_path: Path) -> None
         Image.new("RGB", (8, 8)).save(tmp_path / name / "1.jpg")
     Image.new("RGB", (8, 8)).save(tmp_path / "loose.png")
     (tmp_path / "notes.txt").write_text("not an image")
-    paths, labels = find_images(tmp_path)
+    paths, labels, skipped = find_images(tmp_path)
     assert [p.name for p in paths] == ["1.jpg", "1.jpg", "loose.png"]
     assert labels == ["cat", "dog", ""]
+    assert [p.name for p in skipped] == ["notes.txt"]
     prep = make_preprocessing([None, 3, 8, 8], None, 8, None, None)
     assert load_images(tmp_path, prep).array.shape == (3, 3, 8, 8)
 
@@ -55,5 +57,87 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
         make_preprocessing([None, 3, 8, 8], None, None, (0.1, 0.2), None)
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really")
     prep = make_preprocessing([None, 3, 8, 8], None, None, None, None)
-    with pytest.raises(ChainxError, match="broken.jpg"):
-        load_image(tmp_path / "broken.jpg", prep)
+    with pytest.raises(ChainxError, match="none of its 1 image files could be read"):
+        load_images(tmp_path, prep)
+
+
+def _real_jpeg(path: Path) -> Path:
+    """A real photo from ../shared when it is there, else one saved by PIL."""
+    photos = sorted((SHARED / "data" / "hymenoptera" / "train" / "ants").glob("*.jpg"))
+    if photos:
+        path.write_bytes(photos[0].read_bytes())
+    else:
+        rng = np.random.default_rng(0)
+        Image.fromarray(rng.integers(0, 255, (64, 96, 3), np.uint8)).save(path, quality=90)
+    return path
+
+
+def test_placeholders_and_other_files_are_skipped_and_counted(tmp_path: Path) -> None:
+    _real_jpeg(tmp_path / "photo.jpg")
+    Image.new("RGB", (40, 40), (200, 200, 200)).save(tmp_path / "imageNotFound.gif")
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / ".DS_Store").write_bytes(b"\0\0")
+    prep = make_preprocessing([None, 3, 32, 32], None, None, None, None)
+    images = load_images(tmp_path, prep)
+    assert [p.name for p in images.paths] == ["photo.jpg"]
+    message = images.skipped.describe()
+    assert message.startswith("skipped 3 non-image or placeholder files")
+    assert "imageNotFound.gif" in message
+
+
+def test_a_truncated_jpeg_is_skipped_by_name_or_fails_when_strict(tmp_path: Path) -> None:
+    good = _real_jpeg(tmp_path / "good.jpg")
+    data = good.read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
+    (tmp_path / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    prep = make_preprocessing([None, 3, 32, 32], None, None, None, None)
+    images = load_images(tmp_path, prep)
+    assert [p.name for p in images.paths] == ["good.jpg"]
+    assert "cut.jpg" in images.skipped.describe() and "garbage.png" in images.skipped.describe()
+    with pytest.raises(ChainxError, match="cut.jpg.*--strict"):
+        load_images(tmp_path, prep, strict=True)
+
+
+def test_unusual_formats_read_as_the_same_picture(tmp_path: Path) -> None:
+    """Grayscale, RGBA, 16-bit PNG, CMYK JPEG and an EXIF-rotated JPEG."""
+    gradient = np.tile(np.linspace(0, 255, 48).astype(np.uint8), (32, 1))
+    rgb = np.stack([gradient] * 3, axis=-1)
+    Image.fromarray(gradient).save(tmp_path / "gray.png")
+    Image.fromarray(rgb).convert("RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(gradient.astype(np.uint16) * 257).save(tmp_path / "deep.png")
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=100)
+    rotated = Image.fromarray(np.ascontiguousarray(np.rot90(rgb)))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    rotated.save(tmp_path / "exif.jpg", exif=exif, quality=100)
+    prep = make_preprocessing([None, 3, 32, 32], None, 32, (0.0,) * 3, (1.0,) * 3)
+    reference = load_image(tmp_path / "gray.png", prep)
+    for name in ("rgba.png", "deep.png", "cmyk.jpg", "exif.jpg"):
+        image = load_image(tmp_path / name, prep)
+        assert np.abs(image - reference).max() < 0.05, name
+
+
+def test_a_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
+    Image.new("1", (10_000, 10_000)).save(tmp_path / "bomb.png")  # 100 M pixels, ~12 kB
+    assert (tmp_path / "bomb.png").stat().st_size < 100_000
+    prep = make_preprocessing([None, 3, 32, 32], None, None, None, None)
+    with pytest.raises(ChainxError, match="bomb.png.*decompression bomb"):
+        load_images(tmp_path, prep, strict=True)
+
+
+def test_npy_tensors_are_used_as_preprocessed_inputs(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    tensor = rng.standard_normal((3, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "a.npy", tensor)
+    np.save(tmp_path / "b.npy", tensor[None])
+    np.save(tmp_path / "wrong.npy", tensor[:, :8])
+    prep = make_preprocessing([None, 3, 16, 16], None, None, None, None)
+    images = load_images(tmp_path, prep)
+    assert [p.name for p in images.paths] == ["a.npy", "b.npy"]
+    np.testing.assert_array_equal(images.array[0], tensor)
+    assert "wrong.npy" in images.skipped.describe()
+    bad = tensor.copy()
+    bad[0, 0, 0] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    with pytest.raises(ChainxError, match="nan.npy.*NaN"):
+        load_images(tmp_path, prep)

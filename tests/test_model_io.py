@@ -80,7 +80,7 @@ def test_every_node_gets_a_name_and_every_activation_a_shape() -> None:
 def test_truncated_model_is_a_clear_error(tmp_path: Path, cut: int) -> None:
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(SAMPLE_MODEL.read_bytes()[:cut])
-    with pytest.raises(ChainxError, match="not a valid ONNX model"):
+    with pytest.raises(ChainxError, match="empty" if cut == 0 else "not a valid ONNX model"):
         load_model(broken)
 
 

@@ -899,10 +899,10 @@ class ShapeRule(Rule):
         source = em.src(x) or em.remapped(x, np.arange(1))
         parts = []
         if start < 1:
-            parts.append(em.node("Shape", [source], node.name, start=start, end=1))
+            parts.append(em.dims(source, start, 1, node.name))
         parts.append(em.constant(f"{node.name}_channels", np.array([em.g.width[x]], np.int64)))
         if end > 2:
-            parts.append(em.node("Shape", [source], node.name, start=2, end=end))
+            parts.append(em.dims(source, 2, end, node.name))
         em.node("Concat", parts, node.name, output=node.output[0], axis=0)
 
 

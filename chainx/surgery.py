@@ -185,7 +185,7 @@ class Emitter:
         base = f"{tensor}_chainx_zeros"
         if all(d is not None for d in shape):
             return self.constant(base, np.zeros(shape, np.float32))
-        batch = self.node("Shape", [self.g.input_name], base, start=0, end=1)
+        batch = self.dims(self.g.input_name, 0, 1, base)
         rest = self.constant(f"{base}_shape", np.array(shape[1:], np.int64))
         full = self.node("Concat", [batch, rest], base, axis=0)
         return self.node(
@@ -194,6 +194,16 @@ class Emitter:
             base,
             value=numpy_helper.from_array(np.zeros(1, np.float32)),
         )
+
+    def dims(self, source: str, start: int, end: int, base: str) -> str:
+        """Dims [start, end) of a tensor's shape, as Shape + Slice (Shape's own start and
+        end need opset 15)."""
+        shape = self.node("Shape", [source], base)
+        bounds = [
+            self.constant(f"{base}_{part}", np.array([v], np.int64))
+            for part, v in (("start", start), ("end", end))
+        ]
+        return self.node("Slice", [shape, *bounds], base)
 
     def node(
         self, op_type: str, inputs: list[str], base: str, output: str = "", **attrs: object

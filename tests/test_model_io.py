@@ -193,3 +193,118 @@ def test_exporters_and_opsets_convert_score_and_shrink(name: str, opset: int, dy
     np.testing.assert_allclose(torch_output, run(session(model), x), rtol=1e-4, atol=1e-5)
     _, error = shrink_and_compare(model, random_multipliers(points, 0.3, seed=opset))
     assert error <= 1e-5
+
+
+@pytest.mark.parametrize("escape", ["absolute", "parent", "symlink"])
+def test_external_data_outside_the_model_folder_is_refused(tmp_path: Path, escape: str) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    folder = tmp_path / "model"
+    folder.mkdir()
+    onnx.save_model(
+        load_model(SAMPLE_MODEL),
+        str(outside / "m.onnx"),
+        save_as_external_data=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
+    model = onnx.load(str(outside / "m.onnx"), load_external_data=False)
+    location = {
+        "absolute": str(outside / "weights.bin"),
+        "parent": "../elsewhere/weights.bin",
+        "symlink": "link.bin",
+    }[escape]
+    if escape == "symlink":
+        (folder / "link.bin").symlink_to(outside / "weights.bin")
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    path = folder / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(ChainxError, match="outside the model's folder"):
+        load_model(path)
+
+
+def test_missing_external_data_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "m.onnx"
+    onnx.save_model(
+        load_model(SAMPLE_MODEL),
+        str(path),
+        save_as_external_data=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
+    (tmp_path / "weights.bin").unlink()
+    with pytest.raises(ChainxError, match="weights.bin.*missing"):
+        load_model(path)
+
+
+def test_an_old_opset_is_upgraded() -> None:
+    model = _with_weights(
+        """
+        <ir_version: 4, opset_import: ["" : 9]>
+        net (float[N, 3, 6, 6] input) => (float[N, 4] logits) {
+            c = Conv <pads = [1, 1, 1, 1]> (input, w, b)
+            r = Relu (c)
+            p = Pad <pads = [0, 0, 1, 1, 0, 0, 1, 1]> (r)
+            g = GlobalAveragePool (p)
+            f = Flatten (g)
+            logits = Gemm <transB = 1> (f, fc, fc_bias)
+        }
+        """,
+        {"w": (5, 3, 3, 3), "b": (5,), "fc": (4, 5), "fc_bias": (4,)},
+    )
+    normalised = normalise(model)
+    assert normalised.opset_import[0].version >= 11
+    x = np.random.default_rng(1).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(run(session(normalised), x), run(session(model), x), atol=1e-5)
+    _, error = shrink_and_compare(
+        normalised, random_multipliers(find_score_points(normalised), 0.5)
+    )
+    assert error <= 1e-5
+
+
+TWO_HEADS = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    net (float[N, 3, 6, 6] image, float[N, 4] prior) => (float[N, 4] logits, float[N, 4] mixed) {
+        c = Conv <pads = [1, 1, 1, 1]> (image, w, b)
+        r = Relu (c)
+        g = GlobalAveragePool (r)
+        f = Flatten (g)
+        logits = Gemm <transB = 1> (f, fc, fc_bias)
+        mixed = Add (logits, prior)
+    }
+"""
+
+
+def test_several_outputs_need_output_and_the_image_input_is_found() -> None:
+    model = _with_weights(TWO_HEADS, {"w": (5, 3, 3, 3), "b": (5,), "fc": (4, 5), "fc_bias": (4,)})
+    with pytest.raises(ChainxError, match="2 outputs .*--output"):
+        normalise(model)
+    with pytest.raises(ChainxError, match="'scores' is not an output.*logits, mixed"):
+        normalise(model, output_name="scores")
+    with pytest.raises(ChainxError, match="also reads the inputs prior"):
+        normalise(model, input_name="image", output_name="mixed")
+    chosen = normalise(model, output_name="logits")
+    assert [i.name for i in chosen.graph.input] == ["image"]
+    assert [o.name for o in chosen.graph.output] == ["logits"]
+    assert "Add" not in {n.op_type for n in chosen.graph.node}
+
+
+def test_unconvertible_ops_are_all_named_before_any_work() -> None:
+    model = _with_weights(
+        """
+        <ir_version: 8, opset_import: ["" : 17, "com.example" : 1]>
+        net (float[N, 3, 6, 6] input) => (float[N, 5, 6, 6] out) {
+            c = Conv <pads = [1, 1, 1, 1]> (input, w)
+            a = com.example.Mystery (c)
+            out = com.example.Enigma (a)
+        }
+        """,
+        {"w": (5, 3, 3, 3)},
+    )
+    from chainx.scoring import check_convertible
+
+    with pytest.raises(ChainxError, match=r"2 nodes .*Mystery.*Enigma"):
+        check_convertible(model)

@@ -22,7 +22,7 @@ from chainx.layers import display_names, layer_edges
 from chainx.model_io import load_model, normalise, sha256_file
 from chainx.onnx_graph import GraphIndex
 from chainx.optimise import OptimiseSettings, StepReport, optimise, resolve_device
-from chainx.outputs import check_output_dir, write_atomic
+from chainx.outputs import OUTPUT_FILES, OutputStage, check_output_dir, write_atomic
 from chainx.result import LayerGraph, LayerResult
 from chainx.score_points import find_score_points
 from chainx.surgery import present_units
@@ -139,46 +139,46 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
     summary = chain_summary(result.multipliers, present)
 
     out = options.out
-    out.mkdir(parents=True, exist_ok=True)
-    chain_path = out / "chain.onnx"
-    write_atomic(chain_path, chain.SerializeToString())
-    cost = {
-        "original": asdict(model_cost(options.model, region.array[:1])),
-        "chain": asdict(model_cost(chain_path, region.array[:1])),
-    }
-    title = f"{options.model.stem} · {options.images.name}"
-    gv_path, svg_path = write_chain_diagram(LayerGraph(layers, edges), title, out)
-    timings["total_s"] = time.perf_counter() - started
-    files = {
-        "chain.onnx": str(chain_path),
-        "chain.json": str(out / "chain.json"),
-        "chain.gv": str(gv_path),
-        "chain.svg": str(svg_path),
-    }
-    data = {
-        "generator": "chainx",
-        "version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source": {
-            "model": str(options.model),
-            "sha256": digest,
-            "images": str(options.images),
-            "holdout": str(options.holdout) if options.holdout else None,
-        },
-        "settings": settings_json,
-        "summary": summary,
-        "layers": [layer.to_json() for layer in layers],
-        "edges": edges,
-        "frozen_ops": [{"node": name, "op_type": op} for name, op in surgery.frozen],
-        "metrics": {
-            **verification.to_json(),
-            "cost": cost,
-            "optimisation": {"steps": result.steps, "finetune_steps": result.finetune_steps},
-        },
-        "timings": timings,
-        "files": files,
-    }
-    write_atomic(out / "chain.json", json.dumps(data, indent=2).encode())
+    stage = OutputStage(out)
+    try:
+        chain_path = stage.path / "chain.onnx"
+        write_atomic(chain_path, chain.SerializeToString())
+        cost = {
+            "original": asdict(model_cost(options.model, region.array[:1])),
+            "chain": asdict(model_cost(chain_path, region.array[:1])),
+        }
+        title = f"{options.model.stem} · {options.images.name}"
+        write_chain_diagram(LayerGraph(layers, edges), title, stage.path)
+        timings["total_s"] = time.perf_counter() - started
+        files = {name: str(out / name) for name in OUTPUT_FILES}
+        data = {
+            "generator": "chainx",
+            "version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "source": {
+                "model": str(options.model),
+                "sha256": digest,
+                "images": str(options.images),
+                "holdout": str(options.holdout) if options.holdout else None,
+            },
+            "settings": settings_json,
+            "summary": summary,
+            "layers": [layer.to_json() for layer in layers],
+            "edges": edges,
+            "frozen_ops": [{"node": name, "op_type": op} for name, op in surgery.frozen],
+            "metrics": {
+                **verification.to_json(),
+                "cost": cost,
+                "optimisation": {"steps": result.steps, "finetune_steps": result.finetune_steps},
+            },
+            "timings": timings,
+            "files": files,
+        }
+        write_atomic(stage.path / "chain.json", json.dumps(data, indent=2).encode())
+        stage.publish()
+    except BaseException:
+        stage.discard()
+        raise
     report = ExtractReport(out=out, summary=summary, files=files, data=data)
     if not verification.passed:
         raise VerificationError(verification.failure())

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import onnx
 import pytest
+from conftest import SAMPLE_MODEL, SAMPLE_REGION
 
 from chainx.errors import ChainxError
-from chainx.outputs import check_output_dir, write_atomic
+from chainx.outputs import OUTPUT_FILES, OutputStage, check_output_dir, write_atomic
 
 
 def test_new_and_empty_folders_are_fine(tmp_path: Path) -> None:
@@ -46,3 +53,75 @@ def test_write_atomic_replaces_whole_files_and_leaves_no_temporaries(tmp_path: P
     write_atomic(target, b"second")
     assert target.read_bytes() == b"second"
     assert [p.name for p in tmp_path.iterdir()] == ["chain.json"]
+
+
+def _stage_with(out: Path, text: str) -> OutputStage:
+    stage = OutputStage(out)
+    for name in OUTPUT_FILES:
+        (stage.path / name).write_text(text)
+    return stage
+
+
+def test_a_stage_replaces_an_earlier_output_whole(tmp_path: Path) -> None:
+    out = tmp_path / "run.chain"
+    _stage_with(out, "first").publish()
+    assert {p.name for p in out.iterdir()} == set(OUTPUT_FILES)
+    _stage_with(out, "second").publish()
+    assert all((out / name).read_text() == "second" for name in OUTPUT_FILES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.chain"]  # nothing left over
+
+
+def test_a_forced_folder_keeps_the_users_files(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    _stage_with(tmp_path, "chain").publish()
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "chain.onnx").read_text() == "chain"
+
+
+def test_a_killed_runs_staging_folder_is_cleaned_up(tmp_path: Path) -> None:
+    out = tmp_path / "run.chain"
+    left = _stage_with(out, "killed").path  # never published, as after kill -9
+    stage = OutputStage(out)
+    assert not left.exists()
+    stage.discard()
+    assert list(tmp_path.iterdir()) == []
+
+
+def _complete_or_absent(out: Path) -> bool:
+    if not out.exists():
+        return True
+    if {p.name for p in out.iterdir()} != set(OUTPUT_FILES):
+        return False
+    data = json.loads((out / "chain.json").read_text())
+    onnx.checker.check_model(onnx.load(str(out / "chain.onnx")), full_check=True)
+    return data["generator"] == "chainx" and (out / "chain.svg").stat().st_size > 0
+
+
+def test_killing_an_extract_never_leaves_a_half_written_output(tmp_path: Path) -> None:
+    out = tmp_path / "run.chain"
+    command = [
+        sys.executable,
+        "-c",
+        "from chainx.cli import run; run()",
+        "extract",
+        str(SAMPLE_MODEL),
+        str(SAMPLE_REGION),
+        "--resize",
+        "28",
+        "--steps",
+        "60",
+        "--finetune-steps",
+        "20",
+        "--out",
+        str(out),
+    ]
+    rng = random.Random(0)
+    for attempt in range(6):
+        if attempt == 3:
+            subprocess.run(command, check=True, capture_output=True, timeout=300)
+            assert _complete_or_absent(out) and out.exists()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(1.0, 9.0))
+        process.send_signal(signal.SIGKILL if attempt % 2 else signal.SIGTERM)
+        process.wait(timeout=60)
+        assert _complete_or_absent(out), f"attempt {attempt}: {sorted(out.iterdir())}"

@@ -15,7 +15,7 @@ import onnx
 
 from chainx import __version__
 from chainx.diagram import write_chain_diagram
-from chainx.errors import VerificationError
+from chainx.errors import ChainxError, VerificationError
 from chainx.export import chain_summary, export_chain
 from chainx.images import load_images, make_preprocessing
 from chainx.layers import display_names, layer_edges
@@ -26,7 +26,7 @@ from chainx.outputs import OUTPUT_FILES, OutputStage, check_output_dir, write_at
 from chainx.result import LayerGraph, LayerResult
 from chainx.score_points import find_score_points
 from chainx.surgery import present_units
-from chainx.verify import model_cost, verify_chain
+from chainx.verify import model_cost, run, session, verify_chain
 
 
 @dataclass
@@ -101,6 +101,7 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
     settings = options.optimise
     settings.device = resolve_device(settings.device)
     scoring = ScoringModel(normalised, points)
+    _check_conversion(scoring, normalised, region.array)
     result = optimise(scoring, region.array, kind, settings, listener.step)
     timings["optimise_s"] = result.seconds
 
@@ -183,6 +184,25 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
     if not verification.passed:
         raise VerificationError(verification.failure())
     return report
+
+
+def _check_conversion(scoring: Any, normalised: onnx.ModelProto, images: np.ndarray) -> None:
+    """The torch model must compute what onnxruntime computes, or the scores mean nothing."""
+    import torch
+
+    with torch.no_grad():
+        converted = scoring.unscored(torch.from_numpy(images)).numpy()
+    reference = run(session(normalised), images)
+    error = float(np.abs(converted.reshape(reference.shape) - reference).max())
+    scale = max(float(np.abs(reference).max()), 1e-12)
+    if error > 1e-3 * scale:
+        ops = sorted({node.op_type for node in normalised.graph.node})
+        raise ChainxError(
+            f"onnx2torch's conversion of the model differs from onnxruntime by {error:.3g} "
+            f"(max |output| {scale:.3g}) on the region images, so its scores could not be "
+            f"trusted. The model uses: {', '.join(ops)}. Check for ops whose torch and ONNX "
+            "semantics differ (e.g. Resize rounding)."
+        )
 
 
 def _layer_results(

@@ -92,6 +92,9 @@ class ScoringModel(nn.Module):
         )
         self.gates = nn.Parameter(torch.full((len(points),), gate_init))
         self.masks = [torch.ones(point.channels, dtype=torch.bool) for point in points]
+        batch = model.graph.input[0].type.tensor_type.shape.dim[0]
+        # A model exported with a fixed batch (often 1) bakes it into its reshapes.
+        self.fixed_batch = batch.dim_value if batch.HasField("dim_value") else None
 
     def multipliers(self) -> list[torch.Tensor]:
         gates = torch.sigmoid(self.gates)
@@ -108,6 +111,9 @@ class ScoringModel(nn.Module):
         with warnings.catch_warnings():
             # onnx2torch's Slice indexes with a list; torch warns about it on every call.
             warnings.filterwarnings("ignore", message="Using a non-tuple", category=UserWarning)
+            if self.fixed_batch and len(x) != self.fixed_batch:
+                chunks = torch.split(x, self.fixed_batch)
+                return torch.cat([self.net(chunk, *shaped) for chunk in chunks])
             return self.net(x, *shaped)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

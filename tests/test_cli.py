@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import torch
 from conftest import SAMPLE_MODEL, SAMPLE_REGION
 from onnx import numpy_helper
+from torch import nn
 from typer.testing import CliRunner
 
 from chainx.cli import app
@@ -172,3 +176,48 @@ def test_an_op_without_a_rule_is_frozen_and_reported(tmp_path: Path) -> None:
     data = json.loads((out / "chain.json").read_text())
     assert [f["op_type"] for f in data["frozen_ops"]] == ["LRN"]
     assert data["metrics"]["exactness"]["passed"]
+
+
+class _FixedBatch(nn.Module):
+    """Exported for a batch of exactly 1: the flatten bakes the 1 into a Reshape."""
+
+    def __init__(self, downsample: bool = False) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.downsample:  # nearest downsampling rounds differently in torch and ONNX
+            x = nn.functional.interpolate(x, size=(8, 8), mode="nearest")
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(nn.functional.adaptive_avg_pool2d(x, 1).view(1, -1))
+
+
+def _export_fixed(module: nn.Module, path: Path) -> Path:
+    torch.manual_seed(0)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), torch.randn(1, 1, 28, 28), buffer, dynamo=False)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def test_a_model_with_a_fixed_batch_of_one_is_extracted(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _export_fixed(_FixedBatch(), tmp_path / "fixed.onnx")
+    result = invoke("extract", model, SAMPLE_REGION, "--out", tmp_path / "out", *QUICK)
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "out" / "chain.json").read_text())
+    assert data["metrics"]["exactness"]["passed"]
+
+
+def test_a_model_torch_computes_differently_is_refused_before_optimising(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _export_fixed(_FixedBatch(downsample=True), tmp_path / "resize.onnx")
+    result = invoke("extract", model, SAMPLE_REGION, "--out", tmp_path / "out", *QUICK)
+    assert result.exit_code == 2, result.output
+    assert "differs from onnxruntime" in result.output and "Resize" in result.output
+    assert not (tmp_path / "out").exists()

@@ -73,6 +73,12 @@ def make_preprocessing(
             "(N, C, H, W)."
         )
     channels, height, width = input_shape[1:]
+    if channels not in (1, 3) and width in (1, 3):
+        raise ChainxError(
+            f"the model input {input_shape} looks channels-last (N, H, W, C); chainx needs "
+            "(N, C, H, W). Export the model with a channels-first input, or put a Transpose "
+            "in front of it."
+        )
     if channels not in (1, 3):
         raise ChainxError(
             f"the model input has {channels} channels; chainx reads images as RGB (3) or "

@@ -221,3 +221,22 @@ def test_a_model_torch_computes_differently_is_refused_before_optimising(tmp_pat
     assert result.exit_code == 2, result.output
     assert "differs from onnxruntime" in result.output and "Resize" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_model_without_conv_layers_is_a_user_error(tmp_path: Path) -> None:
+    model = onnx.parser.parse_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        net (float[N, 1, 28, 28] input) => (float[N, 10] logits) {
+            f = Flatten (input)
+            logits = Gemm <transB = 1> (f, w)
+        }
+        """
+    )
+    weight = np.random.default_rng(0).standard_normal((10, 784)).astype(np.float32)
+    model.graph.initializer.append(numpy_helper.from_array(weight, "w"))
+    path = tmp_path / "linear.onnx"
+    path.write_bytes(model.SerializeToString())
+    result = invoke("extract", path, SAMPLE_REGION, "--out", tmp_path / "out", *QUICK)
+    assert result.exit_code == 2
+    assert "nothing to score" in result.output

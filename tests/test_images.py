@@ -53,6 +53,10 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
         find_images(tmp_path)
     with pytest.raises(ChainxError, match="--size"):
         make_preprocessing([None, 3, None, None], None, None, None, None)
+    with pytest.raises(ChainxError, match="channels-last"):
+        make_preprocessing([None, 224, 224, 3], None, None, None, None)
+    with pytest.raises(ChainxError, match="rank 2"):
+        make_preprocessing([None, 10], None, None, None, None)
     with pytest.raises(ChainxError, match="--mean needs 1 or 3 values"):
         make_preprocessing([None, 3, 8, 8], None, None, (0.1, 0.2), None)
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really")

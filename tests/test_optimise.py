@@ -86,3 +86,11 @@ def test_the_hinge_holds_a_fraction_of_each_original_margin(hold: float, active:
     loss, kl, agree = objective.step(hinge=1.0, margin=100.0, hold=hold)
     assert agree == 1.0 and kl == pytest.approx(0.0, abs=1e-6)
     assert (loss > 1e-3) == active
+
+
+def test_nan_during_optimisation_stops_with_a_clear_message() -> None:
+    images = IMAGES.array.copy()
+    images[0, 0, 0, 0] = np.nan  # as a model that overflows would produce
+    scoring = ScoringModel(MODEL, find_score_points(MODEL))
+    with pytest.raises(ChainxError, match="NaN or Inf"):
+        optimise(scoring, images, "logits", OptimiseSettings(steps=3, finetune_steps=0))

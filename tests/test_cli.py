@@ -240,3 +240,18 @@ def test_a_model_without_conv_layers_is_a_user_error(tmp_path: Path) -> None:
     result = invoke("extract", path, SAMPLE_REGION, "--out", tmp_path / "out", *QUICK)
     assert result.exit_code == 2
     assert "nothing to score" in result.output
+
+
+@pytest.mark.parametrize(("op", "kind"), [("Softmax", "probabilities"), ("LogSoftmax", "log-")])
+def test_a_probability_output_is_detected_and_said(tmp_path: Path, op: str, kind: str) -> None:
+    model = onnx.load(str(SAMPLE_MODEL))
+    logits = model.graph.output[0].name
+    model.graph.node[-1].output[0] = "raw_logits"
+    model.graph.node.append(onnx.helper.make_node(op, ["raw_logits"], [logits], axis=1))
+    path = tmp_path / f"{op}.onnx"
+    path.write_bytes(model.SerializeToString())
+    result = invoke("extract", path, SAMPLE_REGION, "--out", tmp_path / "out", *QUICK)
+    assert result.exit_code == 0, result.output
+    assert f"output treated as {kind}" in result.output
+    data = json.loads((tmp_path / "out" / "chain.json").read_text())
+    assert data["settings"]["output_kind"].startswith(kind)

@@ -145,3 +145,13 @@ def test_npy_tensors_are_used_as_preprocessed_inputs(tmp_path: Path) -> None:
     np.save(tmp_path / "nan.npy", bad)
     with pytest.raises(ChainxError, match="nan.npy.*NaN"):
         load_images(tmp_path, prep)
+
+
+def test_mixed_sizes_and_images_smaller_than_the_crop(tmp_path: Path) -> None:
+    Image.new("RGB", (5, 3), (255, 255, 255)).save(tmp_path / "tiny.png")
+    Image.new("RGB", (300, 120), (255, 255, 255)).save(tmp_path / "wide.png")
+    Image.new("RGB", (64, 200), (255, 255, 255)).save(tmp_path / "tall.png")
+    prep = make_preprocessing([None, 3, 32, 32], None, None, (0.0,) * 3, (1.0,) * 3)
+    images = load_images(tmp_path, prep)
+    assert images.array.shape == (3, 3, 32, 32)
+    np.testing.assert_allclose(images.array, 1.0, atol=1e-6)

@@ -1,0 +1,1 @@
+"""Channel rules by op family; `chainx.channel_rules` holds the registry."""

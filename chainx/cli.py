@@ -147,7 +147,7 @@ def extract(
     """Extract the inference chain of MODEL on the region IMAGES."""
     from chainx.extract import ExtractOptions, Listener
     from chainx.extract import extract as run_extract
-    from chainx.optimise import OptimiseSettings
+    from chainx.optimise_settings import OptimiseSettings
 
     try:
         options = ExtractOptions(

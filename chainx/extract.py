@@ -21,7 +21,7 @@ from chainx.images import load_images, make_preprocessing
 from chainx.layers import display_names, layer_edges
 from chainx.model_io import load_model, normalise, sha256_file
 from chainx.onnx_graph import GraphIndex
-from chainx.optimise import OptimiseSettings, StepReport, optimise, resolve_device
+from chainx.optimise_settings import OptimiseSettings, StepReport
 from chainx.outputs import OUTPUT_FILES, OutputStage, check_output_dir, write_atomic
 from chainx.result import LayerGraph, LayerResult
 from chainx.score_points import find_score_points
@@ -63,11 +63,8 @@ class ExtractReport:
 
 
 def extract(options: ExtractOptions, listener: Listener | None = None) -> ExtractReport:
-    from chainx.scoring import (  # torch loads here, not at import
-        ScoringModel,
-        check_convertible,
-        output_kind,
-    )
+    from chainx.optimise import optimise, resolve_device  # torch loads here, not at import
+    from chainx.scoring import ScoringModel, check_convertible, output_kind
 
     listener = listener or Listener()
     timings: dict[str, float] = {}

@@ -20,56 +20,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from chainx.errors import ChainxError
+from chainx.optimise_settings import OptimiseResult, OptimiseSettings, StepReport
 from chainx.scoring import ScoringModel, log_probabilities
-
-
-@dataclass
-class OptimiseSettings:
-    lam: float = 30.0
-    lam_growth: float = 20.0
-    steps: int = 300
-    lr: float = 0.05
-    tau: float = 0.02
-    keep_ratio: float | None = None
-    finetune_steps: int = 100
-    finetune_lr: float = 0.05
-    patience: int = 40
-    batch_size: int = 32
-    seed: int = 0
-    device: str = "cpu"
-    augment: bool = False
-    margin: float = 1.0
-    hinge: float = 1.0
-    hold_margin: float | None = None
-    kl_budget: float | None = 0.3
-    gradual: bool = True
-
-
-@dataclass
-class StepReport:
-    phase: str
-    step: int
-    total: int
-    loss: float
-    kl: float
-    kept: int
-    agreement: float
-
-
-@dataclass
-class OptimiseResult:
-    multipliers: dict[str, np.ndarray]
-    gates: dict[str, float]
-    steps: int
-    finetune_steps: int
-    seconds: float
-    history: list[StepReport] = field(default_factory=list)
 
 
 def resolve_device(device: str) -> str:

@@ -1,0 +1,51 @@
+"""What score optimisation takes and gives, without torch: the CLI and the extract pipeline
+build and read these before (or without) loading torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class OptimiseSettings:
+    lam: float = 30.0
+    lam_growth: float = 20.0
+    steps: int = 300
+    lr: float = 0.05
+    tau: float = 0.02
+    keep_ratio: float | None = None
+    finetune_steps: int = 100
+    finetune_lr: float = 0.05
+    patience: int = 40
+    batch_size: int = 32
+    seed: int = 0
+    device: str = "cpu"
+    augment: bool = False
+    margin: float = 1.0
+    hinge: float = 1.0
+    hold_margin: float | None = None
+    kl_budget: float | None = 0.3
+    gradual: bool = True
+
+
+@dataclass
+class StepReport:
+    phase: str
+    step: int
+    total: int
+    loss: float
+    kl: float
+    kept: int
+    agreement: float
+
+
+@dataclass
+class OptimiseResult:
+    multipliers: dict[str, np.ndarray]
+    gates: dict[str, float]
+    steps: int
+    finetune_steps: int
+    seconds: float
+    history: list[StepReport] = field(default_factory=list)

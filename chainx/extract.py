@@ -17,6 +17,7 @@ from chainx import __version__
 from chainx.diagram import write_chain_diagram
 from chainx.errors import ChainxError, VerificationError
 from chainx.export import chain_summary, export_chain
+from chainx.featuremaps import write_featuremaps
 from chainx.images import load_images, make_preprocessing
 from chainx.layers import display_names, layer_edges
 from chainx.model_io import load_model, normalise, sha256_file
@@ -147,6 +148,13 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
         }
         title = f"{options.model.stem} · {options.images.name}"
         write_chain_diagram(LayerGraph(layers, edges), title, stage.path)
+        featuremaps = write_featuremaps(
+            chain,
+            region.array,
+            prep,
+            {layer.node: layer.display for layer in layers},
+            stage.path / "featuremaps",
+        )
         timings["total_s"] = time.perf_counter() - started
         files = {name: str(out / name) for name in OUTPUT_FILES}
         data = {
@@ -163,6 +171,7 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
             "summary": summary,
             "layers": [layer.to_json() for layer in layers],
             "edges": edges,
+            "featuremaps": {layer: f"featuremaps/{name}" for layer, name in featuremaps.items()},
             "frozen_ops": [{"node": name, "op_type": op} for name, op in surgery.frozen],
             "metrics": {
                 **verification.to_json(),

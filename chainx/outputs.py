@@ -18,6 +18,7 @@ from pathlib import Path
 from chainx.errors import ChainxError
 
 OUTPUT_FILES = ("chain.onnx", "chain.json", "chain.gv", "chain.svg")
+OUTPUT_FOLDERS = ("featuremaps",)
 
 
 def is_chainx_output(folder: Path) -> bool:
@@ -103,7 +104,8 @@ class OutputStage:
         self.path = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{out.name}-", dir=out.parent))
 
     def _only_ours(self) -> bool:
-        return all(entry.name in OUTPUT_FILES for entry in self.out.iterdir())
+        ours = {*OUTPUT_FILES, *OUTPUT_FOLDERS}
+        return all(entry.name in ours for entry in self.out.iterdir())
 
     def publish(self) -> None:
         if not self.out.exists():
@@ -111,7 +113,10 @@ class OutputStage:
             return
         if not self._only_ours():
             for entry in sorted(self.path.iterdir()):
-                os.replace(entry, self.out / entry.name)
+                target = self.out / entry.name
+                if target.is_dir() and entry.name in OUTPUT_FOLDERS:
+                    shutil.rmtree(target)
+                os.replace(entry, target)
             self.discard()
             return
         if _exchange(self.path, self.out):

@@ -46,6 +46,9 @@ _GREY_TEXT = "#7a7a7a"  # darker than the outline so removed-run labels stay leg
 _PALE = "#f4f4f4"
 
 
+PATHS_SHOWN = 3
+
+
 class DiagramError(RuntimeError):
     """The diagram could not be rendered (e.g. Graphviz's `dot` is not installed)."""
 
@@ -122,7 +125,24 @@ def chain_diagram(graph: LayerGraph, title: str) -> graphviz.Digraph:
             side.attr(rank="same")
             side.node(INPUT)
             side.node("legend", _legend_label(min(scores), top), shape="plain")
+    if graph.paths:
+        with dot.subgraph() as side:
+            side.attr(rank="same")
+            side.node(OUTPUT)
+            side.node("paths", _paths_label(graph.paths), shape="plain")
     return dot
+
+
+def _paths_label(paths: list[str]) -> str:
+    rows = "".join(
+        f'<TR><TD ALIGN="LEFT"><FONT POINT-SIZE="10">{i}. {_e(path)}</FONT></TD></TR>'
+        for i, path in enumerate(paths[:PATHS_SHOWN], start=1)
+    )
+    return (
+        '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="1">'
+        '<TR><TD ALIGN="LEFT"><B>strongest inference paths</B></TD></TR>'
+        f"{rows}</TABLE>>"
+    )
 
 
 def _order_pairs(order: list[str], pairs: set[tuple[str, str]]) -> list[tuple[str, str]]:

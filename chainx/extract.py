@@ -24,6 +24,7 @@ from chainx.model_io import load_model, normalise, sha256_file
 from chainx.onnx_graph import GraphIndex
 from chainx.optimise_settings import OptimiseSettings, StepReport
 from chainx.outputs import OUTPUT_FILES, OutputStage, check_output_dir, write_atomic
+from chainx.paths import link_weights, strongest_paths
 from chainx.result import LayerGraph, LayerResult
 from chainx.score_points import find_score_points
 from chainx.surgery import present_units
@@ -137,6 +138,17 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
     edges = layer_edges(GraphIndex.build(normalised), [p.layer for p in points])
     summary = chain_summary(result.multipliers, present)
 
+    mark = time.perf_counter()
+    names = {layer.node: layer.display for layer in layers}
+    scored_units = {
+        layer: units[result.multipliers[layer][units] != 0] for layer, units in present.items()
+    }
+    links = link_weights(chain, region.array, scored_units, edges)
+    paths = strongest_paths(links, scored_units, [p.layer for p in points])
+    if paths:
+        listener.message(f"strongest inference path: {paths[0].describe(names)}")
+    timings["paths_s"] = time.perf_counter() - mark
+
     out = options.out
     stage = OutputStage(out)
     try:
@@ -147,12 +159,13 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
             "chain": asdict(model_cost(chain_path, region.array[:1])),
         }
         title = f"{options.model.stem} · {options.images.name}"
-        write_chain_diagram(LayerGraph(layers, edges), title, stage.path)
+        graph = LayerGraph(layers, edges, [path.describe(names) for path in paths])
+        write_chain_diagram(graph, title, stage.path)
         featuremaps = write_featuremaps(
             chain,
             region.array,
             prep,
-            {layer.node: layer.display for layer in layers},
+            names,
             stage.path / "featuremaps",
         )
         timings["total_s"] = time.perf_counter() - started
@@ -171,6 +184,17 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
             "summary": summary,
             "layers": [layer.to_json() for layer in layers],
             "edges": edges,
+            "paths": [
+                {
+                    "strength": path.strength,
+                    "text": path.describe(names),
+                    "filters": [
+                        {"node": layer, "display": names[layer], "index": index}
+                        for layer, index in path.filters
+                    ],
+                }
+                for path in paths
+            ],
             "featuremaps": {layer: f"featuremaps/{name}" for layer, name in featuremaps.items()},
             "frozen_ops": [{"node": name, "op_type": op} for name, op in surgery.frozen],
             "metrics": {

@@ -52,3 +52,4 @@ class LayerGraph:
 
     layers: list[LayerResult]
     edges: list[tuple[str, str]]
+    paths: list[str] = field(default_factory=list)

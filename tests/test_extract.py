@@ -83,3 +83,20 @@ def test_a_rerun_with_the_same_seed_gives_the_same_chain(report: object, tmp_pat
     )
     again = extract(options)
     assert again.data["layers"] == report.data["layers"]
+
+
+def test_paths_and_featuremaps_come_from_the_chain(report: object) -> None:
+    data = json.loads((report.out / "chain.json").read_text())
+    kept = {(layer["node"], f["index"]) for layer in data["layers"] for f in layer["filters"]}
+    assert data["paths"]
+    strengths = [path["strength"] for path in data["paths"]]
+    assert strengths == sorted(strengths, reverse=True) and strengths[0] > 0
+    for path in data["paths"]:
+        assert len(path["filters"]) >= 2
+        assert all((f["node"], f["index"]) in kept for f in path["filters"])
+    assert "strongest inference paths" in (report.out / "chain.gv").read_text()
+    assert data["paths"][0]["text"].split(" → ")[0] in (report.out / "chain.gv").read_text()
+    retained = {layer["node"] for layer in data["layers"] if layer["kept"]}
+    assert set(data["featuremaps"]) == retained
+    for name in data["featuremaps"].values():
+        assert (report.out / name).stat().st_size > 1000

@@ -18,17 +18,18 @@ from chainx.diagram import write_chain_diagram
 from chainx.errors import ChainxError, VerificationError
 from chainx.export import chain_summary, export_chain
 from chainx.featuremaps import write_featuremaps
-from chainx.images import load_images, make_preprocessing
+from chainx.images import ImageSet, load_images, make_preprocessing
 from chainx.layers import display_names, layer_edges
 from chainx.model_io import load_model, normalise, sha256_file
 from chainx.onnx_graph import GraphIndex
 from chainx.optimise_settings import OptimiseSettings, StepReport
 from chainx.outputs import OUTPUT_FILES, OutputStage, check_output_dir, write_atomic
 from chainx.paths import link_weights, strongest_paths
+from chainx.report import Prediction, predictions, write_report
 from chainx.result import LayerGraph, LayerResult
 from chainx.score_points import find_score_points
 from chainx.surgery import present_units
-from chainx.verify import model_cost, run, session, verify_chain
+from chainx.verify import Reference, model_cost, run, session, verify_chain
 
 
 @dataclass
@@ -206,6 +207,24 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
             "files": files,
         }
         write_atomic(stage.path / "chain.json", json.dumps(data, indent=2).encode())
+        reference = Reference(chain, options.model, original, normalised)
+        chain_session = session(chain)
+
+        def predicted(images: ImageSet) -> list[Prediction]:
+            chain_out = run(chain_session, images.array)
+            return predictions(
+                images.paths, images.labels, reference.run(images.array), chain_out, kind
+            )
+
+        write_report(
+            stage.path,
+            data,
+            predicted(region),
+            region.array,
+            predicted(holdout) if holdout else None,
+            holdout.array if holdout else None,
+            prep,
+        )
         stage.publish()
     except BaseException:
         stage.discard()

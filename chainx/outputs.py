@@ -17,7 +17,7 @@ from pathlib import Path
 
 from chainx.errors import ChainxError
 
-OUTPUT_FILES = ("chain.onnx", "chain.json", "chain.gv", "chain.svg")
+OUTPUT_FILES = ("chain.onnx", "chain.json", "chain.gv", "chain.svg", "report.html")
 OUTPUT_FOLDERS = ("featuremaps",)
 
 
@@ -51,6 +51,12 @@ def check_output_dir(out: Path, force: bool, protected: list[Path]) -> None:
         )
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,6 +66,7 @@ def write_atomic(path: Path, data: bytes) -> None:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; outputs are not
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -67,6 +74,8 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 STAGE_PREFIX = ".chainx-stage-"
+
+
 OLD_PREFIX = ".chainx-old-"
 
 
@@ -102,6 +111,7 @@ class OutputStage:
         for stale in out.parent.glob(f"{OLD_PREFIX}{out.name}-*"):
             shutil.rmtree(stale, ignore_errors=True)
         self.path = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{out.name}-", dir=out.parent))
+        os.chmod(self.path, 0o777 & ~_umask())
 
     def _only_ours(self) -> bool:
         ours = {*OUTPUT_FILES, *OUTPUT_FOLDERS}

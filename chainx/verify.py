@@ -153,7 +153,7 @@ def check_exact_copies(
     return CopyCheck(checked, mismatched)
 
 
-def _log_softmax(values: np.ndarray, kind: str) -> np.ndarray:
+def log_softmax(values: np.ndarray, kind: str) -> np.ndarray:
     values = values.astype(np.float64)
     if kind == "probabilities":
         return np.log(np.clip(values, 1e-12, None))
@@ -182,8 +182,8 @@ def fidelity(
     chain_output: np.ndarray, original_output: np.ndarray, kind: str, classes: list[int]
 ) -> Fidelity:
     """Top-1 agreement and mean KL(original ‖ chain); also agreement over `classes` only."""
-    log_p = _log_softmax(original_output, kind)
-    log_q = _log_softmax(chain_output, kind)
+    log_p = log_softmax(original_output, kind)
+    log_q = log_softmax(chain_output, kind)
     kl = float((np.exp(log_p) * (log_p - log_q)).sum(axis=1).mean())
     agree = int((log_p.argmax(1) == log_q.argmax(1)).sum())
     restricted = np.asarray(classes)
@@ -227,6 +227,32 @@ class ChainVerification:
         }
 
 
+class Reference:
+    """The original model's output, as the user's file computes it.
+
+    It runs on the image input and class output chainx worked on; a model with other inputs
+    cannot run on the image alone, so its normalised form stands in.
+    """
+
+    def __init__(
+        self,
+        chain: onnx.ModelProto,
+        original_path: Path,
+        original: onnx.ModelProto,
+        normalised: onnx.ModelProto,
+    ) -> None:
+        constants = {init.name for init in original.graph.initializer}
+        reads_one_input = sum(i.name not in constants for i in original.graph.input) <= 1
+        self.session = session(original_path if reads_one_input else normalised)
+        self.names = {
+            "input_name": chain.graph.input[0].name,
+            "output_name": chain.graph.output[0].name,
+        }
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        return run(self.session, images, **self.names)
+
+
 def verify_chain(
     chain: onnx.ModelProto,
     original_path: Path,
@@ -241,20 +267,13 @@ def verify_chain(
     """Every check of a chain: exactness against `expected` (the masked scoring model's
     output on `region`), exact copies, and fidelity to the original on region and holdout."""
     chain_session = session(chain)
-    # The user's file itself, on the image input and class output chainx worked on; a model
-    # with other inputs cannot run on the image alone, so its normalised form stands in.
-    constants = {init.name for init in original.graph.initializer}
-    reads_one_input = sum(i.name not in constants for i in original.graph.input) <= 1
-    original_session = session(original_path if reads_one_input else normalised)
-    names = {"input_name": chain.graph.input[0].name, "output_name": chain.graph.output[0].name}
+    reference = Reference(chain, original_path, original, normalised)
     chain_out = run(chain_session, region)
-    original_out = run(original_session, region, **names)
+    original_out = reference.run(region)
     classes = region_classes(original_out)
     held = None
     if holdout is not None:
-        held = fidelity(
-            run(chain_session, holdout), run(original_session, holdout, **names), kind, classes
-        )
+        held = fidelity(run(chain_session, holdout), reference.run(holdout), kind, classes)
     return ChainVerification(
         exactness=check_exactness(chain_out, expected),
         copies=check_exact_copies(chain, original, slices, normalised),

@@ -73,6 +73,8 @@ def link_weights(
     values = {k: v for k, v in values.items() if k in kept and v.size == len(kept[k])}
     sess = session(probe)
     image_input = sess.get_inputs()[0].name
+    fixed = sess.get_inputs()[0].shape[0]
+    step = fixed if isinstance(fixed, int) else len(images)  # a fixed batch runs in pieces
     multiplier_inputs = {
         layer: next(n.input[1] for n in chain.graph.node if n.name == SCORE_PREFIX + layer)
         for layer in values
@@ -83,7 +85,11 @@ def link_weights(
         feed = {image_input: images}
         for layer, value in values.items():
             feed[multiplier_inputs[layer]] = overrides.get(layer, value)
-        results = dict(zip(names, sess.run(names, feed), strict=True))
+        runs = [
+            sess.run(names, {**feed, image_input: images[i : i + step]})
+            for i in range(0, len(images), step)
+        ]
+        results = {name: np.concatenate([r[k] for r in runs]) for k, name in enumerate(names)}
         mean = {}
         for layer, name in outputs.items():
             value = results[name]

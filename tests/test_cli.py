@@ -45,6 +45,8 @@ def test_extract_writes_every_output(extracted: Path) -> None:
         "chain.json",
         "chain.onnx",
         "chain.svg",
+        "featuremaps",
+        "report.html",
     ]
     data = json.loads((extracted / "chain.json").read_text())
     assert data["generator"] == "chainx"

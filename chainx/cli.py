@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from enum import Enum
 from pathlib import Path
@@ -292,6 +293,55 @@ def verify(
     if not data["passed"]:
         console.print("[bold red]verification failed[/]")
         raise typer.Exit(1)
+
+
+@app.command()
+def compare(
+    first: Annotated[Path, typer.Argument(exists=True, help="A chainx output folder.")],
+    second: Annotated[Path, typer.Argument(exists=True, help="Another, of the same model.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Where to write compare.json and the diagram (default: not written)."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Write into a non-empty foreign folder.")] = False,
+) -> None:
+    """Compare two chains of one model: shared and distinct layers and filters."""
+    from chainx.compare import compare as compare_chains
+    from chainx.compare import comparison_diagram
+    from chainx.outputs import check_output_dir, write_atomic
+
+    try:
+        comparison = compare_chains(first, second)
+        if out is not None:
+            check_output_dir(out, force, [first, second])
+    except ChainxError as error:
+        _fail(error)
+    label_a, label_b = first.name or "A", second.name or "B"
+    table = Table(title=f"{label_a} vs {label_b}")
+    for column in ("layer", "filters", label_a, label_b, "shared", "overlap"):
+        table.add_column(column, justify="left" if column == "layer" else "right")
+    for layer in comparison.layers:
+        if layer.kept_a or layer.kept_b:
+            table.add_row(
+                layer.display,
+                str(layer.total),
+                str(layer.kept_a),
+                str(layer.kept_b),
+                str(layer.shared),
+                f"{layer.jaccard:.2f}",
+            )
+    console.print(table)
+    summary = comparison.to_json()["filters"]
+    console.print(
+        f"filters kept: {label_a} {summary['kept_a']:,}, {label_b} {summary['kept_b']:,}; "
+        f"shared {summary['shared']:,}; overlap (Jaccard) {summary['jaccard']:.2f}"
+    )
+    if out is not None:
+        dot = comparison_diagram(comparison, label_a, label_b)
+        write_atomic(out / "compare.json", json.dumps(comparison.to_json(), indent=2).encode())
+        write_atomic(out / "compare.gv", dot.source.encode())
+        write_atomic(out / "compare.svg", dot.pipe(format="svg"))
+        console.print(f"written: {out / 'compare.json'}, {out / 'compare.svg'}")
 
 
 def run() -> None:

@@ -137,6 +137,12 @@ def extract(
     strict: Annotated[
         bool, typer.Option(help="Fail on an unreadable image instead of skipping it.")
     ] = False,
+    filter_images: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Visualise this many top filters per layer (activation maximisation)."
+        ),
+    ] = 4,
     input_name: Annotated[
         str | None, typer.Option("--input", help="The image input, for a model with several.")
     ] = None,
@@ -162,6 +168,7 @@ def extract(
             std=_floats("--std", std),
             force=force,
             strict=strict,
+            filter_images=filter_images,
             input_name=input_name,
             output_name=output_name,
             optimise=OptimiseSettings(

@@ -17,7 +17,7 @@ from chainx import __version__
 from chainx.diagram import write_chain_diagram
 from chainx.errors import ChainxError, VerificationError
 from chainx.export import chain_summary, export_chain
-from chainx.featuremaps import write_featuremaps
+from chainx.featuremaps import layer_activations, write_featuremaps
 from chainx.images import ImageSet, load_images, make_preprocessing
 from chainx.layers import display_names, layer_edges
 from chainx.model_io import load_model, normalise, sha256_file
@@ -44,6 +44,7 @@ class ExtractOptions:
     std: tuple[float, ...] | None = None
     force: bool = False
     strict: bool = False
+    filter_images: int = 4
     input_name: str | None = None
     output_name: str | None = None
     optimise: OptimiseSettings = field(default_factory=OptimiseSettings)
@@ -66,7 +67,8 @@ class ExtractReport:
 
 
 def extract(options: ExtractOptions, listener: Listener | None = None) -> ExtractReport:
-    from chainx.optimise import optimise, resolve_device  # torch loads here, not at import
+    from chainx.activation_max import write_filter_sheets  # torch loads here, not at import
+    from chainx.optimise import optimise, resolve_device
     from chainx.scoring import ScoringModel, check_convertible, output_kind
 
     listener = listener or Listener()
@@ -162,13 +164,20 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
         title = f"{options.model.stem} · {options.images.name}"
         graph = LayerGraph(layers, edges, [path.describe(names) for path in paths])
         write_chain_diagram(graph, title, stage.path)
+        mark = time.perf_counter()
+        activations = layer_activations(chain, region.array)
         featuremaps = write_featuremaps(
-            chain,
-            region.array,
-            prep,
-            names,
-            stage.path / "featuremaps",
+            activations, region.array, prep, names, stage.path / "featuremaps"
         )
+        filter_sheets = {}
+        if options.filter_images:
+            targets = _top_filters(
+                activations, scored_units, result.multipliers, options.filter_images
+            )
+            filter_sheets = write_filter_sheets(
+                chain, targets, activations, region.array, prep, names, stage.path / "filters"
+            )
+        timings["visualise_s"] = time.perf_counter() - mark
         timings["total_s"] = time.perf_counter() - started
         files = {name: str(out / name) for name in OUTPUT_FILES}
         data = {
@@ -196,6 +205,7 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
                 }
                 for path in paths
             ],
+            "filters": {layer: f"filters/{name}" for layer, name in filter_sheets.items()},
             "featuremaps": {layer: f"featuremaps/{name}" for layer, name in featuremaps.items()},
             "frozen_ops": [{"node": name, "op_type": op} for name, op in surgery.frozen],
             "metrics": {
@@ -233,6 +243,25 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
     if not verification.passed:
         raise VerificationError(verification.failure())
     return report
+
+
+def _top_filters(
+    activations: dict[str, np.ndarray],
+    kept: dict[str, np.ndarray],
+    multipliers: dict[str, np.ndarray],
+    count: int,
+) -> list[Any]:
+    """The `count` highest-scored kept filters of every retained spatial layer."""
+    from chainx.activation_max import Target
+
+    targets = []
+    for layer, activation in activations.items():
+        units = kept[layer]
+        if activation.shape[1] != len(units):
+            continue
+        order = np.argsort(-multipliers[layer][units], kind="stable")[:count]
+        targets += [Target(layer, int(i), int(units[i])) for i in order]
+    return targets
 
 
 def _check_conversion(scoring: Any, normalised: onnx.ModelProto, images: np.ndarray) -> None:

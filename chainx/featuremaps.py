@@ -97,7 +97,7 @@ def overlay(image: np.ndarray, heat: np.ndarray, size: int = THUMBNAIL) -> Image
 
 
 def write_featuremaps(
-    chain: onnx.ModelProto,
+    activations: dict[str, np.ndarray],
     images: np.ndarray,
     prep: Preprocessing,
     names: dict[str, str],
@@ -105,12 +105,13 @@ def write_featuremaps(
 ) -> dict[str, str]:
     """One PNG strip per retained spatial layer: every region image with its SMOE map.
 
-    Returns layer node name → file name inside `folder`.
+    `activations` are `layer_activations` of the chain on `images`. Returns layer node
+    name → file name inside `folder`.
     """
     folder.mkdir(parents=True, exist_ok=True)
     pictures = [displayable(image, prep) for image in images]
     written: dict[str, str] = {}
-    for layer, activation in layer_activations(chain, images).items():
+    for layer, activation in activations.items():
         tiles = [
             overlay(picture, normalised(smoe_scale(maps)))
             for picture, maps in zip(pictures, activation, strict=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from chainx.errors import ChainxError
 
 OUTPUT_FILES = ("chain.onnx", "chain.json", "chain.gv", "chain.svg", "report.html")
-OUTPUT_FOLDERS = ("featuremaps",)
+OUTPUT_FOLDERS = ("featuremaps", "filters")
 
 
 def is_chainx_output(folder: Path) -> bool:

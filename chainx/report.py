@@ -173,6 +173,12 @@ def write_report(
         for layer in data["layers"]
         if layer["node"] in data.get("featuremaps", {})
     )
+    sheets = "".join(
+        f"<h3>{_e(layer['display'])}</h3><img alt='top filters of {_e(layer['display'])}' "
+        f"src='{_jpeg(Image.open(folder / data['filters'][layer['node']]))}'>"
+        for layer in data["layers"]
+        if layer["node"] in data.get("filters", {})
+    )
     sections = [
         f"<h1>chainx · {_e(Path(data['source']['model']).name)}</h1>",
         f"<p class='{status}'>verification {status}</p>",
@@ -184,6 +190,8 @@ def write_report(
         f"<ol>{paths}</ol>" if paths else "<p>none</p>",
         "<h2>Featuremaps (SMOE scale, from the chain)</h2>",
         strips,
+        "<h2>Top filters (activation maximisation, then the region crops that excite them)</h2>",
+        sheets or "<p>not computed</p>",
         "<h2>Predictions on the region</h2>",
         _prediction_rows(region, region_images, prep),
     ]

@@ -46,6 +46,7 @@ def test_extract_writes_every_output(extracted: Path) -> None:
         "chain.onnx",
         "chain.svg",
         "featuremaps",
+        "filters",
         "report.html",
     ]
     data = json.loads((extracted / "chain.json").read_text())

@@ -42,7 +42,7 @@ def test_one_strip_per_retained_layer_from_the_chain(tmp_path: Path) -> None:
     for layer, values in activations.items():
         assert values.shape[0] == 3 and values.shape[1] <= (multipliers[layer] != 0).sum()
     prep = Preprocessing(size=8, resize=8, mean=(0.5,) * 3, std=(0.25,) * 3, channels=3)
-    written = write_featuremaps(chain, images, prep, {}, tmp_path)
+    written = write_featuremaps(activations, images, prep, {}, tmp_path)
     assert set(written) == set(activations)
     for name in written.values():
         pixels = np.asarray(Image.open(tmp_path / name), np.float64)

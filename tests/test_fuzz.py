@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from chainx.cli import app
 
-QUICK = ["--resize", "28", "--steps", "3", "--finetune-steps", "1"]
+QUICK = ["--resize", "28", "--steps", "3", "--finetune-steps", "1", "--filter-images", "0"]
 MODEL_BYTES = SAMPLE_MODEL.read_bytes()
 IMAGE = sorted(SAMPLE_REGION.rglob("*.png"))[0]
 IMAGE_BYTES = IMAGE.read_bytes()

@@ -90,7 +90,7 @@ def test_a_killed_runs_staging_folder_is_cleaned_up(tmp_path: Path) -> None:
 def _complete_or_absent(out: Path) -> bool:
     if not out.exists():
         return True
-    if {p.name for p in out.iterdir()} != {*OUTPUT_FILES, "featuremaps"}:
+    if {p.name for p in out.iterdir()} != {*OUTPUT_FILES, "featuremaps", "filters"}:
         return False
     data = json.loads((out / "chain.json").read_text())
     onnx.checker.check_model(onnx.load(str(out / "chain.onnx")), full_check=True)

@@ -41,13 +41,15 @@ def test_the_report_is_self_contained_and_complete(report: Path) -> None:
     page = report.read_text(encoding="utf-8")
     assert not re.search(r"""(src|href)=['"]?(https?:|//|file:)""", page)  # nothing external
     data = json.loads((report.parent / "chain.json").read_text())
-    for section in ("Summary", "Chain", "Strongest inference paths", "Featuremaps", "Cost"):
+    sections = ("Summary", "Chain", "Strongest inference paths", "Featuremaps", "Top filters")
+    for section in (*sections, "Cost"):
         assert f"<h2>{section}" in page
     assert "<svg" in page and data["paths"][0]["text"].split(" → ")[0] in page
     assert page.count("<tr class='agree'>") + page.count("<tr class='disagree'>") == 20 + 80
     # Every inline image decodes, is finite and is not blank.
     images = re.findall(r"data:image/(?:png|jpeg);base64,([A-Za-z0-9+/=]+)", page)
-    assert len(images) >= 100 + len(data["featuremaps"])
+    assert data["filters"] and set(data["filters"]) == set(data["featuremaps"])
+    assert len(images) >= 100 + len(data["featuremaps"]) + len(data["filters"])
     for encoded in images:
         pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded))), np.float64)
         assert np.isfinite(pixels).all() and pixels.std() > 0.5

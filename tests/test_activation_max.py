@@ -1,0 +1,47 @@
+"""Filter visualisations by activation maximisation, on a tiny chain."""
+
+from __future__ import annotations
+
+import numpy as np
+from conftest import inputs_for, tiny_model
+
+from chainx.activation_max import TILE, Target, dataset_examples, visualise
+from chainx.featuremaps import layer_activations
+from chainx.images import Preprocessing
+from chainx.score_points import find_score_points, scored_model
+from chainx.surgery import shrink
+
+PREP = Preprocessing(size=8, resize=8, mean=(0.5,) * 3, std=(0.25,) * 3, channels=3)
+
+
+def _chain() -> tuple[object, list[str]]:
+    model = tiny_model("plain")
+    points = find_score_points(model)
+    multipliers = {p.layer: np.ones(p.channels, np.float32) for p in points}
+    return shrink(scored_model(model, points, multipliers)).model, [p.layer for p in points]
+
+
+def _response(chain: object, layer: str, position: int, image: np.ndarray) -> float:
+    preprocessed = (image.astype(np.float32) / 255.0).transpose(2, 0, 1)
+    preprocessed = (preprocessed - 0.5) / 0.25
+    return float(layer_activations(chain, preprocessed[None])[layer][0, position].mean())
+
+
+def test_the_visualisation_excites_its_filter_more_than_a_grey_image() -> None:
+    chain, layers = _chain()
+    targets = [Target(layers[1], 3, 3), Target(layers[0], 5, 5)]
+    images = visualise(chain, targets, PREP, steps=48)
+    assert images.shape == (2, 8, 8, 3) and images.dtype == np.uint8
+    grey = np.full((8, 8, 3), 128, np.uint8)
+    for target, image in zip(targets, images, strict=True):
+        assert image.std() > 1.0  # not blank
+        excited = _response(chain, target.layer, target.position, image)
+        assert excited > _response(chain, target.layer, target.position, grey)
+
+
+def test_dataset_examples_are_the_crops_where_the_filter_peaks() -> None:
+    chain, layers = _chain()
+    images = inputs_for(tiny_model("plain"), count=5)
+    activation = layer_activations(chain, images)[layers[0]][:, 2]
+    crops = dataset_examples(activation, images, PREP)
+    assert len(crops) == 3 and all(crop.size == (TILE, TILE) for crop in crops)

@@ -1,0 +1,63 @@
+"""Benchmark: the time to visualise the top 32 filters of a chain (activation maximisation).
+
+    .venv/bin/python tools/bench_visualise.py CHAIN_DIR [--filters 32] [--steps 64]
+
+CHAIN_DIR is a `chainx extract` output; its chain.onnx and settings are used. The 32
+filters are the highest-scored kept filters across the chain's spatial layers, optimised
+together in one batch, as `chainx extract` does. It runs on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from chainx.activation_max import Target, visualise
+from chainx.featuremaps import layer_activations
+from chainx.images import Preprocessing
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("chain_dir", type=Path)
+    parser.add_argument("--filters", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=64)
+    args = parser.parse_args()
+    data = json.loads((args.chain_dir / "chain.json").read_text())
+    chain = onnx.load(str(args.chain_dir / "chain.onnx"))
+    prep = Preprocessing.from_json(data["settings"]["preprocessing"])
+    probe = np.zeros((1, prep.channels, prep.size, prep.size), np.float32)
+    spatial = set(layer_activations(chain, probe))
+    ranked = sorted(
+        (
+            (f["score"], layer["node"], position, f["index"])
+            for layer in data["layers"]
+            if layer["node"] in spatial
+            # The chain's scored channels: the kept filters with a non-zero score, by index.
+            for position, f in enumerate(
+                sorted((f for f in layer["filters"] if f["score"] > 0), key=lambda f: f["index"])
+            )
+        ),
+        reverse=True,
+    )[: args.filters]
+    targets = [Target(node, position, index) for _, node, position, index in ranked]
+    started = time.perf_counter()
+    images = visualise(chain, targets, prep, steps=args.steps)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"{len(targets)} filters, {args.steps} steps, {prep.size}×{prep.size}: {seconds:.1f} s "
+        f"({seconds / args.steps * 1000:.0f} ms a step) on {torch.get_num_threads()} CPU "
+        f"threads; peak host memory {peak:.0f} MiB; images {images.shape}"
+    )
+
+
+if __name__ == "__main__":
+    main()

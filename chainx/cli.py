@@ -143,6 +143,15 @@ def extract(
             min=0, help="Visualise this many top filters per layer (activation maximisation)."
         ),
     ] = 4,
+    class_names: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="Class names, one per line in output order: names predictions and marks "
+            "the images the original misclassifies (folder name = class name).",
+        ),
+    ] = None,
     input_name: Annotated[
         str | None, typer.Option("--input", help="The image input, for a model with several.")
     ] = None,
@@ -169,6 +178,7 @@ def extract(
             force=force,
             strict=strict,
             filter_images=filter_images,
+            class_names=class_names,
             input_name=input_name,
             output_name=output_name,
             optimise=OptimiseSettings(

@@ -45,6 +45,7 @@ class ExtractOptions:
     force: bool = False
     strict: bool = False
     filter_images: int = 4
+    class_names: Path | None = None
     input_name: str | None = None
     output_name: str | None = None
     optimise: OptimiseSettings = field(default_factory=OptimiseSettings)
@@ -218,12 +219,18 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
         }
         write_atomic(stage.path / "chain.json", json.dumps(data, indent=2).encode())
         reference = Reference(chain, options.model, original, normalised)
+        names_of_classes = _class_names(options.class_names)
         chain_session = session(chain)
 
         def predicted(images: ImageSet) -> list[Prediction]:
             chain_out = run(chain_session, images.array)
             return predictions(
-                images.paths, images.labels, reference.run(images.array), chain_out, kind
+                images.paths,
+                images.labels,
+                reference.run(images.array),
+                chain_out,
+                kind,
+                names_of_classes,
             )
 
         write_report(
@@ -234,6 +241,7 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
             predicted(holdout) if holdout else None,
             holdout.array if holdout else None,
             prep,
+            names_of_classes,
         )
         stage.publish()
     except BaseException:
@@ -243,6 +251,17 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
     if not verification.passed:
         raise VerificationError(verification.failure())
     return report
+
+
+def _class_names(path: Path | None) -> list[str] | None:
+    """One class name per line, in the model's output order."""
+    if path is None:
+        return None
+    try:
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ChainxError(f"--class-names {path}: cannot be read ({exc}).") from None
+    return names
 
 
 def _top_filters(

@@ -27,18 +27,46 @@ class Prediction:
     original_p: float
     chain: int
     chain_p: float
+    true_class: int | None = None  # the folder's class, when class names tell it
 
     @property
     def agrees(self) -> bool:
         return self.original == self.chain
 
+    @property
+    def misclassified(self) -> bool | None:
+        """Whether the original model gets the image wrong (None: its class is unknown)."""
+        return None if self.true_class is None else self.original != self.true_class
+
+
+def class_of(label: str, class_names: list[str]) -> int | None:
+    """The class a folder name stands for: the same name, or its singular ("ants" → "ant")."""
+    wanted = {label.lower(), label.lower().removesuffix("s")}
+    for index, name in enumerate(class_names):
+        if name.lower() in wanted:
+            return index
+    return None
+
 
 def predictions(
-    paths: list[Path], labels: list[str], original: np.ndarray, chain: np.ndarray, kind: str
+    paths: list[Path],
+    labels: list[str],
+    original: np.ndarray,
+    chain: np.ndarray,
+    kind: str,
+    class_names: list[str] | None = None,
 ) -> list[Prediction]:
     p, q = np.exp(log_softmax(original, kind)), np.exp(log_softmax(chain, kind))
     return [
-        Prediction(path, label, int(a.argmax()), float(a.max()), int(b.argmax()), float(b.max()))
+        Prediction(
+            path,
+            label,
+            int(a.argmax()),
+            float(a.max()),
+            int(b.argmax()),
+            float(b.max()),
+            class_of(label, class_names) if class_names and label else None,
+        )
         for path, label, a, b in zip(paths, labels, p, q, strict=True)
     ]
 
@@ -82,18 +110,30 @@ def _fidelity_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def _prediction_rows(items: list[Prediction], images: np.ndarray, prep: Preprocessing) -> str:
+def _prediction_rows(
+    items: list[Prediction],
+    images: np.ndarray,
+    prep: Preprocessing,
+    class_names: list[str] | None,
+) -> str:
+    def name(index: int) -> str:
+        return f"{index} {class_names[index]}" if class_names else str(index)
+
     rows = []
     for item, image in zip(items, images, strict=True):
         thumb = Image.fromarray(displayable(image, prep)).resize((THUMBNAIL, THUMBNAIL))
         mark = "agree" if item.agrees else "disagree"
+        wrong = {None: "", True: " misclassified", False: ""}[item.misclassified]
+        notes = ("✓ agrees" if item.agrees else "✗ disagrees") + (
+            " · original misclassifies" if item.misclassified else ""
+        )
         rows.append(
-            f"<tr class='{mark}'><td><img src='{_png(thumb)}' width='{THUMBNAIL}' "
+            f"<tr class='{mark}{wrong}'><td><img src='{_png(thumb)}' width='{THUMBNAIL}' "
             f"height='{THUMBNAIL}' alt='{_e(item.path.name)}'></td>"
             f"<td>{_e(item.path.name)}</td><td>{_e(item.label or '—')}</td>"
-            f"<td>{item.original} ({item.original_p:.2f})</td>"
-            f"<td>{item.chain} ({item.chain_p:.2f})</td>"
-            f"<td>{'✓' if item.agrees else '✗ disagrees'}</td></tr>"
+            f"<td>{_e(name(item.original))} ({item.original_p:.2f})</td>"
+            f"<td>{_e(name(item.chain))} ({item.chain_p:.2f})</td>"
+            f"<td>{_e(notes)}</td></tr>"
         )
     head = (
         "<tr><th></th><th>image</th><th>folder</th><th>original top-1 (p)</th>"
@@ -109,6 +149,7 @@ table { border-collapse: collapse; margin: 0.5em 0; }
 th, td { padding: 3px 8px; text-align: left; vertical-align: middle; }
 table.facts th { color: #555; font-weight: 600; }
 tr.disagree { background: #fde8e8; }
+tr.misclassified td:last-child { font-weight: 600; color: #92400e; }
 .diagram svg { max-width: 100%; height: auto; }
 .strip { overflow-x: auto; white-space: nowrap; }
 .strip img { height: 112px; image-rendering: auto; }
@@ -134,6 +175,7 @@ def write_report(
     holdout: list[Prediction] | None,
     holdout_images: np.ndarray | None,
     prep: Preprocessing,
+    class_names: list[str] | None = None,
 ) -> Path:
     """Write `folder/report.html` from chain.json's data and the files beside it."""
     summary, metrics = data["summary"], data["metrics"]
@@ -193,11 +235,11 @@ def write_report(
         "<h2>Top filters (activation maximisation, then the region crops that excite them)</h2>",
         sheets or "<p>not computed</p>",
         "<h2>Predictions on the region</h2>",
-        _prediction_rows(region, region_images, prep),
+        _prediction_rows(region, region_images, prep, class_names),
     ]
     if holdout is not None and holdout_images is not None:
         sections += ["<h2>Predictions on the holdout</h2>"]
-        sections += [_prediction_rows(holdout, holdout_images, prep)]
+        sections += [_prediction_rows(holdout, holdout_images, prep, class_names)]
     sections += ["<h2>Cost</h2>", _table(cost_rows)]
     page = (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import re
+import shutil
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -11,6 +15,7 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from chainx.model_io import normalise
@@ -338,6 +343,43 @@ def shrink_and_compare(
     expected = run(session(scored), x)
     actual = run(session(result.model), x)
     return result, float(np.abs(expected - actual).max() / max(np.abs(expected).max(), 1e-12))
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def assert_report_images_ok(report: Path) -> int:
+    """Every inline image of report.html decodes, is finite and is not blank; returns count."""
+    page = report.read_text(encoding="utf-8")
+    images = re.findall(r"data:image/(?:png|jpeg);base64,([A-Za-z0-9+/=]+)", page)
+    for encoded in images:
+        pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded))), np.float64)
+        assert np.isfinite(pixels).all() and pixels.std() > 0.5
+    return len(images)
+
+
+def assert_report_renders(report: Path, screenshot: Path) -> None:
+    """A real headless Chromium: every image decodes, no console message, a non-blank page."""
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000"]
+    url = report.resolve().as_uri()
+    dom = subprocess.run(
+        [CHROMIUM, *flags, "--enable-logging=stderr", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert 'data-images="ok"' in dom.stdout  # the page's own check: every image decoded
+    # Chromium logs every console message (errors too) as a CONSOLE line; the page has none.
+    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
+    assert not console, console
+    subprocess.run(
+        [CHROMIUM, *flags, "--window-size=1280,2000", f"--screenshot={screenshot}", url],
+        capture_output=True,
+        timeout=300,
+        check=True,
+    )
+    pixels = np.asarray(Image.open(screenshot).convert("L"), np.float64)
+    assert pixels.std() > 10  # not a blank page
 
 
 @pytest.fixture(scope="session")

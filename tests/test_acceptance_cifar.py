@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SHARED
+from conftest import CHROMIUM, REPO, SHARED, assert_report_images_ok, assert_report_renders
 
 from chainx.extract import ExtractOptions, extract
-from chainx.optimise import OptimiseSettings
+from chainx.optimise_settings import OptimiseSettings
 
 WEIGHTS = SHARED / "models" / "cifar10_resnet20.th"
 CIFAR = SHARED / "data" / "cifar10" / "test"
@@ -59,6 +59,7 @@ def test_resnet20_chain_removes_90_percent_and_keeps_the_region(
         holdout=region / "holdout",
         out=tmp_path / "chain",
         resize=32,
+        class_names=REPO / "tools" / "class_names" / "cifar10.txt",
         optimise=OptimiseSettings(keep_ratio=0.07, finetune_steps=200),
     )
     data = extract(options).data
@@ -68,3 +69,10 @@ def test_resnet20_chain_removes_90_percent_and_keeps_the_region(
     assert data["metrics"]["exact_copies"]["mismatched"] == []
     assert data["metrics"]["holdout"]["images"] == 200
     assert data["frozen_ops"] == []
+
+    report = tmp_path / "chain" / "report.html"
+    assert assert_report_images_ok(report) >= 220 + len(data["featuremaps"]) + len(data["filters"])
+    # The CIFAR class names mark what the original gets wrong.
+    assert "original misclassifies" in report.read_text(encoding="utf-8")
+    if CHROMIUM is not None:
+        assert_report_renders(report, tmp_path / "shot.png")

@@ -125,9 +125,16 @@ def visualise(
 def dataset_examples(
     activation: np.ndarray, images: np.ndarray, prep: Preprocessing, count: int = 3
 ) -> list[Image.Image]:
-    """The `count` region crops where one filter's response (N, H, W) peaks highest."""
+    """The region image that excites one filter most (its response (N, H, W) summed), then
+    the `count` crops around the highest peaks of its response."""
     n, height, width = activation.shape
     flat = activation.reshape(n, -1)
+    whole = int(np.maximum(flat, 0).sum(axis=1).argmax())
+    examples = [
+        Image.fromarray(displayable(images[whole], prep)).resize(
+            (TILE, TILE), Image.Resampling.BILINEAR
+        )
+    ]
     best = np.argsort(-flat.max(axis=1))[:count]
     crops = []
     for image_index in best:
@@ -138,7 +145,7 @@ def dataset_examples(
         cx = int((x + 0.5) * prep.size / width)
         box = (cx - half, cy - half, cx + half, cy + half)
         crops.append(picture.crop(box).resize((TILE, TILE), Image.Resampling.BILINEAR))
-    return crops
+    return examples + crops
 
 
 def write_filter_sheets(
@@ -151,13 +158,14 @@ def write_filter_sheets(
     folder: Path,
     steps: int = 64,
 ) -> dict[str, str]:
-    """Per layer one PNG: a row per top filter, its visualisation then its region crops."""
+    """Per layer one PNG: a row per top filter: its visualisation, the region image that
+    excites it most, and the three crops where it peaks."""
     folder.mkdir(parents=True, exist_ok=True)
     pictures = visualise(chain, targets, prep, steps=steps)
     written: dict[str, str] = {}
     for layer in dict.fromkeys(t.layer for t in targets):
         rows = [(t, pictures[i]) for i, t in enumerate(targets) if t.layer == layer]
-        sheet = Image.new("RGB", (TILE * 4 + 6, (TILE + 2) * len(rows)), "white")
+        sheet = Image.new("RGB", (TILE * 5 + 6, (TILE + 2) * len(rows)), "white")
         for row, (target, picture) in enumerate(rows):
             top = row * (TILE + 2)
             sheet.paste(Image.fromarray(picture).resize((TILE, TILE)), (0, top))

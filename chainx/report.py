@@ -232,7 +232,8 @@ def write_report(
         f"<ol>{paths}</ol>" if paths else "<p>none</p>",
         "<h2>Featuremaps (SMOE scale, from the chain)</h2>",
         strips,
-        "<h2>Top filters (activation maximisation, then the region crops that excite them)</h2>",
+        "<h2>Top filters (activation maximisation; the region image that excites each most, and "
+        "the crops where it peaks)</h2>",
         sheets or "<p>not computed</p>",
         "<h2>Predictions on the region</h2>",
         _prediction_rows(region, region_images, prep, class_names),

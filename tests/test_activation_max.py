@@ -39,9 +39,9 @@ def test_the_visualisation_excites_its_filter_more_than_a_grey_image() -> None:
         assert excited > _response(chain, target.layer, target.position, grey)
 
 
-def test_dataset_examples_are_the_crops_where_the_filter_peaks() -> None:
+def test_dataset_examples_are_the_best_image_and_the_crops_where_the_filter_peaks() -> None:
     chain, layers = _chain()
     images = inputs_for(tiny_model("plain"), count=5)
     activation = layer_activations(chain, images)[layers[0]][:, 2]
     crops = dataset_examples(activation, images, PREP)
-    assert len(crops) == 3 and all(crop.size == (TILE, TILE) for crop in crops)
+    assert len(crops) == 4 and all(crop.size == (TILE, TILE) for crop in crops)

@@ -47,6 +47,7 @@ _PALE = "#f4f4f4"
 
 
 PATHS_SHOWN = 3
+_PATH = "#d62728"
 
 
 class DiagramError(RuntimeError):
@@ -125,6 +126,11 @@ def chain_diagram(graph: LayerGraph, title: str) -> graphviz.Digraph:
             side.attr(rank="same")
             side.node(INPUT)
             side.node("legend", _legend_label(min(scores), top), shape="plain")
+    # The strongest path, drawn over the layout (constraint=false keeps the layout).
+    hops = [where[layer] for layer in graph.top_path if layer in where]
+    for src, dst in pairwise(hops):
+        if src != dst:
+            dot.edge(src, dst, color=_PATH, penwidth="2.4", constraint="false", arrowsize="0.8")
     if graph.paths:
         with dot.subgraph() as side:
             side.attr(rank="same")
@@ -140,7 +146,8 @@ def _paths_label(paths: list[str]) -> str:
     )
     return (
         '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="1">'
-        '<TR><TD ALIGN="LEFT"><B>strongest inference paths</B></TD></TR>'
+        '<TR><TD ALIGN="LEFT"><B>strongest inference paths</B> '
+        f'<FONT COLOR="{_PATH}">(1. in red)</FONT></TD></TR>'
         f"{rows}</TABLE>>"
     )
 

@@ -163,7 +163,12 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
             "chain": asdict(model_cost(chain_path, region.array[:1])),
         }
         title = f"{options.model.stem} · {options.images.name}"
-        graph = LayerGraph(layers, edges, [path.describe(names) for path in paths])
+        graph = LayerGraph(
+            layers,
+            edges,
+            [path.describe(names) for path in paths],
+            [layer for layer, _ in paths[0].filters] if paths else [],
+        )
         write_chain_diagram(graph, title, stage.path)
         mark = time.perf_counter()
         activations = layer_activations(chain, region.array)

@@ -53,3 +53,4 @@ class LayerGraph:
     layers: list[LayerResult]
     edges: list[tuple[str, str]]
     paths: list[str] = field(default_factory=list)
+    top_path: list[str] = field(default_factory=list)  # layer node names of the strongest

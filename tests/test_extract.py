@@ -94,7 +94,9 @@ def test_paths_and_featuremaps_come_from_the_chain(report: object) -> None:
     for path in data["paths"]:
         assert len(path["filters"]) >= 2
         assert all((f["node"], f["index"]) in kept for f in path["filters"])
-    assert "strongest inference paths" in (report.out / "chain.gv").read_text()
+    diagram = (report.out / "chain.gv").read_text()
+    assert "strongest inference paths" in diagram
+    assert diagram.count("#d62728") >= 2  # the strongest path drawn over the layers
     assert data["paths"][0]["text"].split(" → ")[0] in (report.out / "chain.gv").read_text()
     retained = {layer["node"] for layer in data["layers"] if layer["kept"]}
     assert set(data["featuremaps"]) == retained

@@ -95,7 +95,7 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
     kind = output_kind(normalised)
     points = find_score_points(normalised)
     listener.message(
-        f"model: {len(points)} conv layers, {sum(p.channels for p in points):,} filters; "
+        f"model: {len(points)} scored layers, {sum(p.channels for p in points):,} filters; "
         f"output treated as {kind}; region: {len(region.paths)} images"
         + (f"; holdout: {len(holdout.paths)} images" if holdout else "")
     )

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from chainx.onnx_graph import GraphIndex, attributes, live_nodes
+from chainx.onnx_graph import GraphIndex, attributes, live_nodes, with_nodes
 
 
 def _shuffle_permutation(
@@ -66,12 +66,7 @@ def shuffles_to_gather(model: onnx.ModelProto) -> onnx.ModelProto:
         drop.update({first.name, transpose.name})
     if not replace:
         return model
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
-    nodes = [replace.get(node.name, node) for node in result.graph.node if node.name not in drop]
+    nodes = [replace.get(node.name, node) for node in model.graph.node if node.name not in drop]
     # The shape arithmetic that fed the Reshapes is dead now.
-    nodes = live_nodes(nodes, [output.name for output in result.graph.output])
-    del result.graph.node[:]
-    result.graph.node.extend(nodes)
-    result.graph.initializer.extend(initializers)
-    return result
+    nodes = live_nodes(nodes, [output.name for output in model.graph.output])
+    return with_nodes(model, nodes, initializers)

@@ -18,7 +18,7 @@ from onnxscript.rewriter.rules.common import _fuse_batchnorm
 
 from chainx.channel_shuffle import shuffles_to_gather
 from chainx.errors import ChainxError
-from chainx.onnx_graph import live_nodes
+from chainx.onnx_graph import live_nodes, with_nodes
 
 
 def sha256_file(path: Path) -> str:
@@ -328,12 +328,7 @@ def _splits_as_slices(model: onnx.ModelProto) -> onnx.ModelProto:
                     "Slice", [node.input[0], *names], [output], name=f"{node.name}/{output}"
                 )
             )
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
-    del result.graph.node[:]
-    result.graph.node.extend(nodes)
-    result.graph.initializer.extend(added)
-    return result
+    return with_nodes(model, nodes, added)
 
 
 def _gelu_expanded(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -388,12 +383,7 @@ def _gelu_expanded(model: onnx.ModelProto) -> onnx.ModelProto:
             make("Mul", [x, f"{base}/p"], [f"{base}/xp"], name=f"{base}/xp"),
             make("Mul", [f"{base}/xp", constant(f"{base}/half", 0.5)], [y], name=node.name),
         ]
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
-    del result.graph.node[:]
-    result.graph.node.extend(nodes)
-    result.graph.initializer.extend(added)
-    return result
+    return with_nodes(model, nodes, added)
 
 
 def _drop_needless_allowzero(model: onnx.ModelProto) -> None:

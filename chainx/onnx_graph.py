@@ -108,3 +108,15 @@ def live_nodes(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.Nod
             kept.append(node)
             wanted.update(name for name in node.input if name)
     return kept[::-1]
+
+
+def with_nodes(
+    model: onnx.ModelProto, nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto]
+) -> onnx.ModelProto:
+    """A copy of `model` whose graph has `nodes` and, added, `initializers`."""
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    del result.graph.node[:]
+    result.graph.node.extend(nodes)
+    result.graph.initializer.extend(initializers)
+    return result

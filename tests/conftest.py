@@ -15,6 +15,7 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from onnx import numpy_helper
 from PIL import Image
 from torch import nn
 
@@ -312,6 +313,18 @@ def tiny_model(
     cls, kwargs, shape = MODELS[name]
     torch.manual_seed(0)
     return normalise(export(cls(**kwargs), shape, fold=fold, opset=opset, dynamo=dynamo))
+
+
+def model_with_weights(text: str, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """An ONNX-text model with random float32 initializers (variances positive)."""
+    model = onnx.parser.parse_model(text)
+    rng = np.random.default_rng(0)
+    for name, shape in shapes.items():
+        value = (
+            rng.uniform(0.5, 1.5, shape) if name.startswith("var") else rng.standard_normal(shape)
+        )
+        model.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name))
+    return model
 
 
 def random_multipliers(

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import SAMPLE_MODEL, SAMPLE_REGION
+from conftest import SAMPLE_MODEL, SAMPLE_REGION, model_with_weights
 from onnx import numpy_helper
 from torch import nn
 from typer.testing import CliRunner
@@ -151,7 +151,8 @@ def test_verify_against_another_model_file_says_why_it_fails(
 
 
 def test_an_op_without_a_rule_is_frozen_and_reported(tmp_path: Path) -> None:
-    model = onnx.parser.parse_model(
+    shapes = {"w1": (6, 1, 3, 3), "b1": (6,), "w2": (8, 6, 3, 3), "b2": (8,), "w3": (10, 8)}
+    model = model_with_weights(
         """
         <ir_version: 8, opset_import: ["" : 17]>
         net (float[N, 1, 28, 28] input) => (float[N, 10] logits) {
@@ -163,13 +164,9 @@ def test_an_op_without_a_rule_is_frozen_and_reported(tmp_path: Path) -> None:
             f = Flatten (p)
             logits = Gemm <transB = 1> (f, w3, b3)
         }
-        """
+        """,
+        {**shapes, "b3": (10,)},
     )
-    rng = np.random.default_rng(0)
-    shapes = {"w1": (6, 1, 3, 3), "b1": (6,), "w2": (8, 6, 3, 3), "b2": (8,), "w3": (10, 8)}
-    for name, shape in {**shapes, "b3": (10,)}.items():
-        value = rng.standard_normal(shape).astype(np.float32)
-        model.graph.initializer.append(numpy_helper.from_array(value, name))
     path = tmp_path / "lrn.onnx"
     path.write_bytes(model.SerializeToString())
     out = tmp_path / "out"

@@ -7,7 +7,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import SAMPLE_MODEL, inputs_for, random_multipliers, shrink_and_compare, tiny_model
+from conftest import (
+    SAMPLE_MODEL,
+    inputs_for,
+    model_with_weights,
+    random_multipliers,
+    shrink_and_compare,
+    tiny_model,
+)
 from onnx import numpy_helper
 
 from chainx.errors import ChainxError
@@ -16,19 +23,8 @@ from chainx.score_points import find_score_points
 from chainx.verify import run, session
 
 
-def _with_weights(text: str, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
-    model = onnx.parser.parse_model(text)
-    rng = np.random.default_rng(0)
-    for name, shape in shapes.items():
-        value = (
-            rng.uniform(0.5, 1.5, shape) if name.startswith("var") else rng.standard_normal(shape)
-        )
-        model.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name))
-    return model
-
-
 def test_auto_pad_same_upper_becomes_explicit_pads() -> None:
-    model = _with_weights(
+    model = model_with_weights(
         """
         <ir_version: 8, opset_import: ["" : 17]>
         net (float[N, 3, 7, 7] input) => (float[N, 4, 4, 4] out) {
@@ -47,7 +43,7 @@ def test_auto_pad_same_upper_becomes_explicit_pads() -> None:
 
 
 def test_initializer_behind_identity_and_batchnorm_kept_unfused() -> None:
-    model = _with_weights(
+    model = model_with_weights(
         """
         <ir_version: 8, opset_import: ["" : 17]>
         net (float[N, 3, 5, 5] input) => (float[N, 4, 5, 5] out) {
@@ -91,7 +87,7 @@ def test_sha256_of_a_file(tmp_path: Path) -> None:
 
 
 def test_run_time_flatten_shape_folds_and_converts_to_torch() -> None:
-    model = _with_weights(
+    model = model_with_weights(
         """
         <ir_version: 8, opset_import: ["" : 17]>
         net (float[N, 3, 6, 6] input) => (float[N, 5] logits) {
@@ -117,7 +113,7 @@ def test_run_time_flatten_shape_folds_and_converts_to_torch() -> None:
 
 
 def test_channel_shuffle_becomes_one_gather() -> None:
-    model = _with_weights(
+    model = model_with_weights(
         """
         <ir_version: 8, opset_import: ["" : 17]>
         net (float[N, 3, 4, 4] input) => (float[N, 6, 4, 4] out) {
@@ -241,7 +237,7 @@ def test_missing_external_data_names_the_file(tmp_path: Path) -> None:
 
 
 def test_an_old_opset_is_upgraded() -> None:
-    model = _with_weights(
+    model = model_with_weights(
         """
         <ir_version: 4, opset_import: ["" : 9]>
         net (float[N, 3, 6, 6] input) => (float[N, 4] logits) {
@@ -279,7 +275,9 @@ TWO_HEADS = """
 
 
 def test_several_outputs_need_output_and_the_image_input_is_found() -> None:
-    model = _with_weights(TWO_HEADS, {"w": (5, 3, 3, 3), "b": (5,), "fc": (4, 5), "fc_bias": (4,)})
+    model = model_with_weights(
+        TWO_HEADS, {"w": (5, 3, 3, 3), "b": (5,), "fc": (4, 5), "fc_bias": (4,)}
+    )
     with pytest.raises(ChainxError, match="2 outputs .*--output"):
         normalise(model)
     with pytest.raises(ChainxError, match="'scores' is not an output.*logits, mixed"):
@@ -293,7 +291,7 @@ def test_several_outputs_need_output_and_the_image_input_is_found() -> None:
 
 
 def test_unconvertible_ops_are_all_named_before_any_work() -> None:
-    model = _with_weights(
+    model = model_with_weights(
         """
         <ir_version: 8, opset_import: ["" : 17, "com.example" : 1]>
         net (float[N, 3, 6, 6] input) => (float[N, 5, 6, 6] out) {

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import inputs_for, random_multipliers, shrink_and_compare, tiny_model
+from conftest import (
+    inputs_for,
+    model_with_weights,
+    random_multipliers,
+    shrink_and_compare,
+    tiny_model,
+)
 from onnx import numpy_helper
 
 from chainx.model_io import normalise
@@ -291,19 +297,17 @@ def test_an_unknown_op_is_frozen_and_the_export_stays_exact() -> None:
         logits = Gemm <transB = 1> (f, w3, b3)
     }
     """
-    model = onnx.parser.parse_model(text)
-    rng = np.random.default_rng(0)
-    for name, shape in {
-        "w1": (6, 3, 3, 3),
-        "b1": (6,),
-        "w2": (5, 6, 3, 3),
-        "b2": (5,),
-        "w3": (4, 5),
-        "b3": (4,),
-    }.items():
-        model.graph.initializer.append(
-            numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
-        )
+    model = model_with_weights(
+        text,
+        {
+            "w1": (6, 3, 3, 3),
+            "b1": (6,),
+            "w2": (5, 6, 3, 3),
+            "b2": (5,),
+            "w3": (4, 5),
+            "b3": (4,),
+        },
+    )
     model = normalise(model)
     points = find_score_points(model)
     multipliers = random_multipliers(points, 0.5, seed=3)
@@ -353,19 +357,17 @@ def test_split_on_channels_keeps_each_piece_separately(opset: int) -> None:
         logits = Gemm <transB = 1> (f, w3, b3)
     }}
     """
-    model = onnx.parser.parse_model(text)
-    rng = np.random.default_rng(0)
-    for name, shape in {
-        "w1": (6, 3, 3, 3),
-        "b1": (6,),
-        "w2": (5, 4, 3, 3),
-        "b2": (5,),
-        "w3": (4, 7),
-        "b3": (4,),
-    }.items():
-        model.graph.initializer.append(
-            numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
-        )
+    model = model_with_weights(
+        text,
+        {
+            "w1": (6, 3, 3, 3),
+            "b1": (6,),
+            "w2": (5, 4, 3, 3),
+            "b2": (5,),
+            "w3": (4, 7),
+            "b3": (4,),
+        },
+    )
     model = normalise(model)
     assert "Split" in {n.op_type for n in model.graph.node}
     points = find_score_points(model)
@@ -398,25 +400,21 @@ def test_constants_that_padding_makes_vary_are_brought_back() -> None:
         logits = Gemm <transB = 1> (p, w4, b4)
     }
     """
-    model = onnx.parser.parse_model(text)
-    rng = np.random.default_rng(0)
-    for name, shape in {
-        "w1": (6, 3, 3, 3),
-        "scale": (6,),
-        "bias": (6,),
-        "mean": (6,),
-        "w2": (5, 6, 1, 1),
-        "b2": (5,),
-        "w3": (5, 6, 3, 3),
-        "b3": (5,),
-        "w4": (4, 5),
-        "b4": (4,),
-    }.items():
-        model.graph.initializer.append(
-            numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
-        )
-    model.graph.initializer.append(
-        numpy_helper.from_array(rng.uniform(0.5, 2, 6).astype(np.float32), "var")
+    model = model_with_weights(
+        text,
+        {
+            "w1": (6, 3, 3, 3),
+            "scale": (6,),
+            "bias": (6,),
+            "mean": (6,),
+            "w2": (5, 6, 1, 1),
+            "b2": (5,),
+            "w3": (5, 6, 3, 3),
+            "b3": (5,),
+            "w4": (4, 5),
+            "b4": (4,),
+            "var": (6,),
+        },
     )
     model.graph.initializer.append(
         numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")

@@ -69,70 +69,97 @@ def main(
 ExistingFile = typer.Argument(exists=True, file_okay=True, dir_okay=False, readable=True)
 ExistingDir = typer.Argument(exists=True, file_okay=False, dir_okay=True, readable=True)
 
+# Options that extract and sweep share.
+SeedOption = Annotated[int, typer.Option(help="Random seed; the CPU result is reproducible.")]
+DeviceOption = Annotated[Device, typer.Option(help="Where scores are optimised.")]
+SizeOption = Annotated[
+    int | None, typer.Option(min=1, help="Crop size \\[default: the model's input size].")
+]
+ResizeOption = Annotated[
+    int | None, typer.Option(min=1, help="Short side before the crop \\[default: size×8/7].")
+]
+MeanOption = Annotated[str | None, typer.Option(help="Per-channel mean, e.g. 0.485,0.456,0.406.")]
+StdOption = Annotated[str | None, typer.Option(help="Per-channel std, e.g. 0.229,0.224,0.225.")]
+LamOption = Annotated[float, typer.Option(min=0.0, help="λ: weight of mean|score| at the start.")]
+LamGrowthOption = Annotated[
+    float, typer.Option(min=1.0, help="λ grows by this factor over the steps.")
+]
+StepsOption = Annotated[int, typer.Option(min=1, help="Sparsification steps (at most).")]
+FinetuneStepsOption = Annotated[
+    int, typer.Option(min=0, help="Fine-tuning steps of the kept scores.")
+]
+FinetuneLrOption = Annotated[
+    float, typer.Option(min=0.0, help="Adam's learning rate while fine-tuning.")
+]
+TauOption = Annotated[float, typer.Option(min=0.0, help="Score threshold τ.")]
+KeepRatioOption = Annotated[
+    float | None,
+    typer.Option(min=0.0, max=1.0, help="Keep this fraction of filters instead of τ."),
+]
+KlBudgetOption = Annotated[
+    float | None, typer.Option(min=0.0, help="KL guard: λ backs off while KL exceeds this.")
+]
+GradualOption = Annotated[
+    bool,
+    typer.Option(
+        help="Reach --keep-ratio gradually during sparsification; --no-gradual cuts to it "
+        "after a first fine-tuning."
+    ),
+]
+HingeOption = Annotated[float, typer.Option(min=0.0, help="Weight of the top-1 margin hinge.")]
+HoldMarginOption = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0,
+        help="Keep each image's top-1 margin above this fraction of the original's, "
+        "during sparsification too.",
+    ),
+]
+ClassNamesOption = Annotated[
+    Path | None,
+    typer.Option(
+        exists=True,
+        dir_okay=False,
+        help="Class names, one per line in output order: names predictions and marks "
+        "the images the original misclassifies (folder name = class name).",
+    ),
+]
+InputOption = Annotated[
+    str | None, typer.Option("--input", help="The image input, for a model with several.")
+]
+OutputOption = Annotated[
+    str | None, typer.Option("--output", help="The class-score output, for a model with several.")
+]
+
 
 @app.command()
 def extract(
     model: Annotated[Path, ExistingFile],
     images: Annotated[Path, ExistingDir],
     out: Annotated[
-        Path | None, typer.Option(help="Output folder [default: <model stem>.chain/]")
+        Path | None, typer.Option(help="Output folder \\[default: <model stem>.chain/]")
     ] = None,
     holdout: Annotated[
         Path | None,
         typer.Option(exists=True, file_okay=False, help="Unseen images of the same region."),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed; the CPU result is reproducible.")] = 0,
-    device: Annotated[Device, typer.Option(help="Where scores are optimised.")] = Device.auto,
-    size: Annotated[
-        int | None, typer.Option(min=1, help="Crop size [default: the model's input size].")
-    ] = None,
-    resize: Annotated[
-        int | None, typer.Option(min=1, help="Short side before the crop [default: size×8/7].")
-    ] = None,
-    mean: Annotated[
-        str | None, typer.Option(help="Per-channel mean, e.g. 0.485,0.456,0.406.")
-    ] = None,
-    std: Annotated[
-        str | None, typer.Option(help="Per-channel std, e.g. 0.229,0.224,0.225.")
-    ] = None,
-    lam: Annotated[
-        float, typer.Option(min=0.0, help="λ: weight of mean|score| at the start.")
-    ] = 30.0,
-    lam_growth: Annotated[
-        float, typer.Option(min=1.0, help="λ grows by this factor over the steps.")
-    ] = 20.0,
-    steps: Annotated[int, typer.Option(min=1, help="Sparsification steps (at most).")] = 300,
-    finetune_steps: Annotated[
-        int, typer.Option(min=0, help="Fine-tuning steps of the kept scores.")
-    ] = 100,
-    finetune_lr: Annotated[
-        float, typer.Option(min=0.0, help="Adam's learning rate while fine-tuning.")
-    ] = 0.05,
-    tau: Annotated[float, typer.Option(min=0.0, help="Score threshold τ.")] = 0.02,
-    keep_ratio: Annotated[
-        float | None,
-        typer.Option(min=0.0, max=1.0, help="Keep this fraction of filters instead of τ."),
-    ] = None,
-    kl_budget: Annotated[
-        float | None,
-        typer.Option(min=0.0, help="KL guard: λ backs off while KL exceeds this."),
-    ] = 0.3,
-    gradual: Annotated[
-        bool,
-        typer.Option(
-            help="Reach --keep-ratio gradually during sparsification; --no-gradual cuts to it "
-            "after a first fine-tuning."
-        ),
-    ] = True,
-    hinge: Annotated[float, typer.Option(min=0.0, help="Weight of the top-1 margin hinge.")] = 1.0,
-    hold_margin: Annotated[
-        float | None,
-        typer.Option(
-            min=0.0,
-            help="Keep each image's top-1 margin above this fraction of the original's, "
-            "during sparsification too.",
-        ),
-    ] = None,
+    seed: SeedOption = 0,
+    device: DeviceOption = Device.auto,
+    size: SizeOption = None,
+    resize: ResizeOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    lam: LamOption = 30.0,
+    lam_growth: LamGrowthOption = 20.0,
+    steps: StepsOption = 300,
+    finetune_steps: FinetuneStepsOption = 100,
+    finetune_lr: FinetuneLrOption = 0.05,
+    tau: TauOption = 0.02,
+    keep_ratio: KeepRatioOption = None,
+    kl_budget: KlBudgetOption = 0.3,
+    gradual: GradualOption = True,
+    hinge: HingeOption = 1.0,
+    hold_margin: HoldMarginOption = None,
     force: Annotated[bool, typer.Option(help="Write into a non-empty foreign folder.")] = False,
     strict: Annotated[
         bool, typer.Option(help="Fail on an unreadable image instead of skipping it.")
@@ -143,22 +170,9 @@ def extract(
             min=0, help="Visualise this many top filters per layer (activation maximisation)."
         ),
     ] = 4,
-    class_names: Annotated[
-        Path | None,
-        typer.Option(
-            exists=True,
-            dir_okay=False,
-            help="Class names, one per line in output order: names predictions and marks "
-            "the images the original misclassifies (folder name = class name).",
-        ),
-    ] = None,
-    input_name: Annotated[
-        str | None, typer.Option("--input", help="The image input, for a model with several.")
-    ] = None,
-    output_name: Annotated[
-        str | None,
-        typer.Option("--output", help="The class-score output, for a model with several."),
-    ] = None,
+    class_names: ClassNamesOption = None,
+    input_name: InputOption = None,
+    output_name: OutputOption = None,
 ) -> None:
     """Extract the inference chain of MODEL on the region IMAGES."""
     from chainx.extract import ExtractOptions, Listener
@@ -215,6 +229,180 @@ def extract(
     except (ChainxError, VerificationError) as error:
         _fail(error)
     _print_summary(result.data)
+
+
+@app.command()
+def sweep(
+    model: Annotated[Path, ExistingFile],
+    data: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, file_okay=False, help="Labelled images: one sub-folder per class."
+        ),
+    ],
+    trials: Annotated[int, typer.Option(min=1, help="How many trials (regions) to run.")],
+    out: Annotated[
+        Path,
+        typer.Option(help="Where trials.jsonl, the summary and the plots go; rerun to resume."),
+    ],
+    classes: Annotated[int, typer.Option(min=1, help="Classes per region.")] = 2,
+    per_class: Annotated[int, typer.Option(min=1, help="Region images per class.")] = 10,
+    holdout_per_class: Annotated[
+        int | None,
+        typer.Option(min=1, help="Holdout images per class \\[default: all the others]."),
+    ] = None,
+    holdout_data: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            file_okay=False,
+            help="Draw the holdout from this folder's same-named classes instead of DATA.",
+        ),
+    ] = None,
+    baselines: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated baselines at the chain's per-layer budget: random, "
+            "weight-l1, activation, taylor, unscaled; or none."
+        ),
+    ] = "random,weight-l1,activation,taylor,unscaled",
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Local worker processes \\[default: one per GPU, or per core]."),
+    ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="Run the trials as Ray tasks on an existing cluster: auto, or its HOST:PORT."
+        ),
+    ] = None,
+    seed: SeedOption = 0,
+    device: DeviceOption = Device.auto,
+    size: SizeOption = None,
+    resize: ResizeOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    lam: LamOption = 30.0,
+    lam_growth: LamGrowthOption = 20.0,
+    steps: StepsOption = 300,
+    finetune_steps: FinetuneStepsOption = 100,
+    finetune_lr: FinetuneLrOption = 0.05,
+    tau: TauOption = 0.02,
+    keep_ratio: KeepRatioOption = None,
+    kl_budget: KlBudgetOption = 0.3,
+    gradual: GradualOption = True,
+    hinge: HingeOption = 1.0,
+    hold_margin: HoldMarginOption = None,
+    class_names: ClassNamesOption = None,
+    input_name: InputOption = None,
+    output_name: OutputOption = None,
+) -> None:
+    """Run many trials: regions drawn from DATA, each chain against baselines at equal budget.
+
+    Each trial's record is appended to OUT/trials.jsonl as it finishes; a rerun with the
+    same settings skips the finished trials. OUT gets summary.md/.json and two PNG plots.
+    """
+    from chainx.optimise_settings import OptimiseSettings
+    from chainx.sweep.engines import TrialFailure, default_workers
+    from chainx.sweep.plan import BASELINES, SweepConfig
+    from chainx.sweep.run import run_sweep
+
+    try:
+        chosen = tuple(b.strip() for b in baselines.split(",") if b.strip() not in {"", "none"})
+        unknown = [b for b in chosen if b not in BASELINES]
+        if unknown:
+            raise ChainxError(
+                f"--baselines {baselines!r}: unknown {', '.join(unknown)}. Choose from "
+                f"{', '.join(BASELINES)}, or none."
+            )
+        config = SweepConfig(
+            model=model,
+            data=data,
+            holdout_data=holdout_data,
+            classes=classes,
+            per_class=per_class,
+            holdout_per_class=holdout_per_class,
+            seed=seed,
+            baselines=chosen,
+            size=size,
+            resize=resize,
+            mean=_floats("--mean", mean),
+            std=_floats("--std", std),
+            class_names=class_names,
+            input_name=input_name,
+            output_name=output_name,
+            optimise=OptimiseSettings(
+                lam=lam,
+                lam_growth=lam_growth,
+                steps=steps,
+                finetune_steps=finetune_steps,
+                finetune_lr=finetune_lr,
+                tau=tau,
+                keep_ratio=keep_ratio,
+                kl_budget=kl_budget,
+                gradual=gradual,
+                hinge=hinge,
+                hold_margin=hold_margin,
+                device=device.value,
+            ),
+        )
+        with _progress() as progress:
+            task = progress.add_task("trials", total=trials, stats="")
+
+            def on_start(pending: int, total: int) -> None:
+                done = total - pending
+                engine = (
+                    f"Ray ({ray})"
+                    if ray
+                    else f"{min(workers or default_workers(), max(pending, 1))} local workers"
+                )
+                console.print(
+                    f"{total} trials: {done} already in {out / 'trials.jsonl'}, "
+                    f"{pending} to run on {engine}"
+                )
+                progress.update(task, completed=done)
+
+            def on_outcome(outcome: object, done: int, total: int) -> None:
+                if isinstance(outcome, TrialFailure):
+                    console.print(f"[bold red]trial {outcome.index} failed:[/] {outcome.message}")
+                    return
+                chain = outcome["methods"]["neurochains"]
+                held = chain["holdout"]
+                progress.update(
+                    task,
+                    completed=done,
+                    stats=f"last: {_percent(chain['filters_removed_fraction'])} removed, "
+                    f"region {_percent(chain['region']['agreement'])}"
+                    + (f", holdout {_percent(held['agreement'])}" if held else ""),
+                )
+
+            result = run_sweep(
+                config,
+                trials,
+                out,
+                workers or default_workers(),
+                ray,
+                on_outcome=on_outcome,
+                on_start=on_start,
+            )
+    except ChainxError as error:
+        _fail(error)
+    out_console.print((out / "summary.md").read_text())
+    for name in (
+        "trials.jsonl",
+        "summary.md",
+        "summary.json",
+        "sparsity_vs_holdout.png",
+        "layers_kept.png",
+    ):
+        if (out / name).exists():
+            out_console.print(str(out / name))
+    if result.failures:
+        console.print(
+            f"[bold red]{len(result.failures)} trials failed[/]; rerun the same command to "
+            "retry them."
+        )
+        raise typer.Exit(1)
 
 
 def _progress() -> Progress:

@@ -29,7 +29,7 @@ from chainx.report import Prediction, predictions, write_report
 from chainx.result import LayerGraph, LayerResult
 from chainx.score_points import find_score_points
 from chainx.surgery import present_units
-from chainx.verify import Reference, model_cost, run, session, verify_chain
+from chainx.verify import model_cost, run, session, verify_chain
 
 
 @dataclass
@@ -223,27 +223,22 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
             "files": files,
         }
         write_atomic(stage.path / "chain.json", json.dumps(data, indent=2).encode())
-        reference = Reference(chain, options.model, original, normalised)
-        names_of_classes = _class_names(options.class_names)
-        chain_session = session(chain)
+        names_of_classes = class_names_from(options.class_names)
+        outputs = verification.outputs
 
-        def predicted(images: ImageSet) -> list[Prediction]:
-            chain_out = run(chain_session, images.array)
+        def predicted(images: ImageSet, original_out: Any, chain_out: Any) -> list[Prediction]:
             return predictions(
-                images.paths,
-                images.labels,
-                reference.run(images.array),
-                chain_out,
-                kind,
-                names_of_classes,
+                images.paths, images.labels, original_out, chain_out, kind, names_of_classes
             )
 
         write_report(
             stage.path,
             data,
-            predicted(region),
+            predicted(region, outputs.original_region, outputs.chain_region),
             region.array,
-            predicted(holdout) if holdout else None,
+            predicted(holdout, outputs.original_holdout, outputs.chain_holdout)
+            if holdout
+            else None,
             holdout.array if holdout else None,
             prep,
             names_of_classes,
@@ -258,7 +253,7 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
     return report
 
 
-def _class_names(path: Path | None) -> list[str] | None:
+def class_names_from(path: Path | None) -> list[str] | None:
     """One class name per line, in the model's output order."""
     if path is None:
         return None

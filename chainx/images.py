@@ -234,7 +234,19 @@ def load_images(folder: Path, prep: Preprocessing, strict: bool = False) -> Imag
     error. Inputs with NaN or Inf are refused.
     """
     paths, labels, other = find_images(folder)
-    skipped = SkippedFiles(not_images=other)
+    return load_image_files(paths, labels, prep, strict, SkippedFiles(not_images=other), folder)
+
+
+def load_image_files(
+    paths: list[Path],
+    labels: list[str],
+    prep: Preprocessing,
+    strict: bool = False,
+    skipped: SkippedFiles | None = None,
+    source: Path | None = None,
+) -> ImageSet:
+    """Load and preprocess the given images, with the rules of `load_images`."""
+    skipped = skipped or SkippedFiles()
     kept_paths, kept_labels, arrays = [], [], []
     for path, label in zip(paths, labels, strict=True):
         try:
@@ -253,7 +265,7 @@ def load_images(folder: Path, prep: Preprocessing, strict: bool = False) -> Imag
         arrays.append(array)
     if not arrays:
         raise ChainxError(
-            f"{folder}: none of its {len(paths)} image files could be read "
+            f"{source or paths[0].parent}: none of its {len(paths)} image files could be read "
             f"({skipped.unreadable[0][0].name}: {skipped.unreadable[0][1]})."
         )
     return ImageSet(

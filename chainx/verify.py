@@ -197,12 +197,23 @@ def fidelity(
 
 
 @dataclass
+class Outputs:
+    """The outputs of the chain and of the original model on the region and the holdout."""
+
+    chain_region: np.ndarray
+    original_region: np.ndarray
+    chain_holdout: np.ndarray | None
+    original_holdout: np.ndarray | None
+
+
+@dataclass
 class ChainVerification:
     exactness: Exactness
     copies: CopyCheck
     classes: list[int]
     region: Fidelity
     holdout: Fidelity | None
+    outputs: Outputs
 
     @property
     def passed(self) -> bool:
@@ -263,23 +274,35 @@ def verify_chain(
     region: np.ndarray,
     holdout: np.ndarray | None,
     kind: str,
+    original_outputs: tuple[np.ndarray, np.ndarray | None] | None = None,
 ) -> ChainVerification:
     """Every check of a chain: exactness against `expected` (the masked scoring model's
-    output on `region`), exact copies, and fidelity to the original on region and holdout."""
+    output on `region`), exact copies, and fidelity to the original on region and holdout.
+
+    `original_outputs` (region, holdout) saves rerunning the original when several chains
+    of one model are checked on the same images.
+    """
     chain_session = session(chain)
-    reference = Reference(chain, original_path, original, normalised)
+    if original_outputs is None:
+        reference = Reference(chain, original_path, original, normalised)
+        original_outputs = (
+            reference.run(region),
+            reference.run(holdout) if holdout is not None else None,
+        )
+    original_out, original_held = original_outputs
     chain_out = run(chain_session, region)
-    original_out = reference.run(region)
     classes = region_classes(original_out)
-    held = None
-    if holdout is not None:
-        held = fidelity(run(chain_session, holdout), reference.run(holdout), kind, classes)
+    held, chain_held = None, None
+    if holdout is not None and original_held is not None:
+        chain_held = run(chain_session, holdout)
+        held = fidelity(chain_held, original_held, kind, classes)
     return ChainVerification(
         exactness=check_exactness(chain_out, expected),
         copies=check_exact_copies(chain, original, slices, normalised),
         classes=classes,
         region=fidelity(chain_out, original_out, kind, classes),
         holdout=held,
+        outputs=Outputs(chain_out, original_out, chain_held, original_held),
     )
 
 

@@ -1,0 +1,120 @@
+"""Where trials run: a local process pool, or Ray tasks on an existing Ray cluster.
+
+Both run the same function, `run_trial`, and yield each record as its trial finishes; the
+caller writes it down before asking for the next.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+from chainx.errors import ChainxError
+from chainx.sweep.plan import TrialSpec
+from chainx.sweep.trial import run_trial
+
+
+@dataclass
+class TrialFailure:
+    """A trial that raised: reported, not recorded, so that a rerun tries it again."""
+
+    index: int
+    message: str
+
+
+Outcome = dict[str, Any] | TrialFailure
+
+
+def gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:
+        return 0
+
+
+def default_workers() -> int:
+    """One worker per GPU, or else one per core (each trial then runs on one thread)."""
+    return gpu_count() or max(1, os.cpu_count() or 1)
+
+
+def _start_worker(gpus: Any, threads: int) -> None:
+    # Runs in each fresh worker before torch loads: pin one GPU, size the thread pools.
+    if gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _failure(spec: TrialSpec, error: BaseException) -> TrialFailure:
+    return TrialFailure(spec.index, f"{type(error).__name__}: {error}")
+
+
+def run_local(specs: list[TrialSpec], workers: int) -> Iterator[Outcome]:
+    """Trials in a pool of `workers` spawned processes (spawn: torch does not survive fork)."""
+    context = multiprocessing.get_context("spawn")
+    gpus = gpu_count()
+    queue = None
+    if gpus:
+        queue = context.Manager().Queue()
+        for index in range(workers):
+            queue.put(index % gpus)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_start_worker, initargs=(queue, threads)
+    ) as pool:
+        pending = {pool.submit(run_trial, spec): spec for spec in specs}
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    spec = pending.pop(future)
+                    error = future.exception()
+                    yield _failure(spec, error) if error else future.result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def run_ray(specs: list[TrialSpec], address: str) -> Iterator[Outcome]:
+    """Trials as Ray tasks on the cluster at `address` ("auto": the one this machine runs),
+    one GPU per task where the cluster has GPUs."""
+    try:
+        import ray
+    except ImportError:
+        raise ChainxError(
+            "--ray: the ray package is not installed. Install it with `pip install ray`, "
+            "or leave out --ray to use the local process pool."
+        ) from None
+    try:
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ChainxError(
+            f"--ray {address}: cannot connect to a Ray cluster ({exc}). Start one with "
+            "`ray start --head`, or give its address as HOST:PORT."
+        ) from None
+    try:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        task = ray.remote(run_trial).options(num_cpus=1, num_gpus=1 if gpus else 0)
+        pending = {task.remote(spec): spec for spec in specs}
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    spec = pending.pop(ref)
+                    try:
+                        yield ray.get(ref)
+                    except ray.exceptions.RayError as exc:
+                        yield _failure(spec, getattr(exc, "cause", None) or exc)
+        finally:
+            for ref in pending:
+                ray.cancel(ref)
+    finally:
+        ray.shutdown()

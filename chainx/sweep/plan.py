@@ -1,0 +1,141 @@
+"""What a sweep runs: its settings, and the seeded draw of each trial's region and holdout."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chainx.errors import ChainxError
+from chainx.images import find_images
+from chainx.optimise_settings import OptimiseSettings
+
+BASELINES = ("random", "weight-l1", "activation", "taylor", "unscaled")
+CHAIN = "neurochains"
+
+
+@dataclass
+class SweepConfig:
+    """Everything that decides a trial's result; a resumed sweep must match it."""
+
+    model: Path
+    data: Path
+    holdout_data: Path | None = None
+    classes: int = 2
+    per_class: int = 10
+    holdout_per_class: int | None = None
+    seed: int = 0
+    baselines: tuple[str, ...] = BASELINES
+    size: int | None = None
+    resize: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    class_names: Path | None = None
+    input_name: str | None = None
+    output_name: str | None = None
+    optimise: OptimiseSettings = field(default_factory=OptimiseSettings)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key, value in data.items():
+            if isinstance(value, Path):
+                data[key] = str(value.resolve())
+            elif isinstance(value, tuple):
+                data[key] = list(value)
+        # The device changes where a trial runs, not what it computes.
+        data["optimise"].pop("device")
+        return data
+
+    def differences(self, recorded: dict[str, Any]) -> list[str]:
+        """The settings in which an earlier sweep's `recorded` config differs from this one."""
+        mine = self.to_json()
+        return sorted(
+            key for key in mine.keys() | recorded.keys() if mine.get(key) != recorded.get(key)
+        )
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One trial: its index, seed, and the image files (with class labels) it uses."""
+
+    index: int
+    seed: int
+    classes: tuple[str, ...]
+    region: tuple[tuple[Path, str], ...]
+    holdout: tuple[tuple[Path, str], ...]
+    config: SweepConfig
+
+
+def _catalogue(folder: Path, option: str) -> dict[str, list[Path]]:
+    paths, labels, _ = find_images(folder)
+    classes: dict[str, list[Path]] = {}
+    for path, label in zip(paths, labels, strict=True):
+        if label:
+            classes.setdefault(label, []).append(path)
+    if not classes:
+        raise ChainxError(
+            f"{option} {folder}: no class sub-folders with images. A sweep needs one "
+            "sub-folder per class (its name is the label)."
+        )
+    return classes
+
+
+def plan_trials(config: SweepConfig, trials: int) -> list[TrialSpec]:
+    """Trial i draws `classes` classes and `per_class` images of each as its region, with
+    the generator seeded by (seed, i), so a trial is the same whatever runs before it.
+
+    The holdout is the same classes' other images in DATA (or their images in
+    `holdout_data`), at most `holdout_per_class` of each, drawn the same way.
+    """
+    if config.classes < 1 or config.per_class < 1:
+        raise ChainxError("--classes and --per-class must be at least 1.")
+    data = _catalogue(config.data, "DATA")
+    held = _catalogue(config.holdout_data, "--holdout-data") if config.holdout_data else None
+    if config.classes > len(data):
+        raise ChainxError(
+            f"--classes {config.classes}: DATA {config.data} has only {len(data)} class "
+            f"folders ({', '.join(sorted(data))}). Ask for at most {len(data)}."
+        )
+    small = [name for name, files in data.items() if len(files) < config.per_class]
+    if small:
+        raise ChainxError(
+            f"--per-class {config.per_class}: DATA class folders {', '.join(sorted(small))} "
+            f"have fewer images. Lower --per-class or add images."
+        )
+    if held is not None:
+        missing = sorted(set(data) - set(held))
+        if missing:
+            raise ChainxError(
+                f"--holdout-data {config.holdout_data}: has no folder for the classes "
+                f"{', '.join(missing)} of DATA. Give it the same class sub-folders."
+            )
+    names = sorted(data)
+    specs = []
+    for index in range(trials):
+        rng = np.random.default_rng([config.seed, index])
+        chosen = sorted(names[i] for i in rng.choice(len(names), config.classes, replace=False))
+        region, holdout = [], []
+        for name in chosen:
+            order = rng.permutation(len(data[name]))
+            region += [(data[name][i], name) for i in sorted(order[: config.per_class])]
+            others = (
+                [held[name][i] for i in rng.permutation(len(held[name]))]
+                if held is not None
+                else [data[name][i] for i in order[config.per_class :]]
+            )
+            if config.holdout_per_class is not None:
+                others = others[: config.holdout_per_class]
+            holdout += [(path, name) for path in sorted(others)]
+        specs.append(
+            TrialSpec(
+                index=index,
+                seed=int(rng.integers(2**31)),
+                classes=tuple(chosen),
+                region=tuple(region),
+                holdout=tuple(holdout),
+                config=config,
+            )
+        )
+    return specs

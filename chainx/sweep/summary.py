@@ -1,0 +1,186 @@
+"""What a sweep's trials add up to: mean ± std per method and metric, and two PNG plots."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chainx.outputs import write_atomic
+from chainx.sweep.plan import CHAIN
+
+Metric = Callable[[dict[str, Any]], float | None]
+
+
+def _percent(*keys: str) -> Metric:
+    def value(entry: dict[str, Any]) -> float | None:
+        for key in keys:
+            entry = entry.get(key) if isinstance(entry, dict) else None
+        return None if entry is None else 100 * float(entry)
+
+    return value
+
+
+def _plain(*keys: str) -> Metric:
+    def value(entry: dict[str, Any]) -> float | None:
+        for key in keys:
+            entry = entry.get(key) if isinstance(entry, dict) else None
+        return None if entry is None else float(entry)
+
+    return value
+
+
+# (column, how to read it from a method's entry, decimals)
+METRICS: list[tuple[str, Metric, int]] = [
+    ("filters removed %", _percent("filters_removed_fraction"), 1),
+    ("filters kept", _plain("filters_kept"), 0),
+    ("layers kept", _plain("layers_kept"), 1),
+    ("region agreement %", _percent("region", "agreement"), 1),
+    ("region class agreement %", _percent("region", "class_agreement"), 1),
+    ("region mean KL", _plain("region", "mean_kl"), 3),
+    ("holdout agreement %", _percent("holdout", "agreement"), 1),
+    ("holdout class agreement %", _percent("holdout", "class_agreement"), 1),
+    ("holdout mean KL", _plain("holdout", "mean_kl"), 3),
+    ("region accuracy %", _percent("accuracy", "region"), 1),
+    ("holdout accuracy %", _percent("accuracy", "holdout"), 1),
+]
+ORIGINAL = "original"
+
+
+def _methods(records: list[dict[str, Any]]) -> list[str]:
+    names: list[str] = []
+    for record in records:
+        names += [name for name in record["methods"] if name not in names]
+    return names
+
+
+def _entries(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each method's entry, plus the original model's accuracy as a row of its own."""
+    original = {
+        "filters_removed_fraction": 0.0,
+        "accuracy": record["original_accuracy"],
+        "region": {"agreement": 1.0, "class_agreement": 1.0, "mean_kl": 0.0},
+        "holdout": {"agreement": 1.0, "class_agreement": 1.0, "mean_kl": 0.0},
+    }
+    return {**record["methods"], ORIGINAL: original}
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+    table: dict[str, dict[str, dict[str, float] | None]] = {}
+    for method in [*_methods(records), ORIGINAL]:
+        row = {}
+        for column, read, _ in METRICS:
+            values = [
+                read(entry)
+                for record in records
+                if (entry := _entries(record).get(method)) is not None
+            ]
+            known = [v for v in values if v is not None]
+            row[column] = (
+                {"mean": float(np.mean(known)), "std": float(np.std(known)), "n": len(known)}
+                if known and len(known) == len(values)
+                else None
+            )
+        table[method] = row
+    walls = [record["wall_s"] for record in records]
+    return {
+        "trials": len(records),
+        "table": table,
+        "wall_s": {"mean": float(np.mean(walls)), "std": float(np.std(walls))} if walls else None,
+        "unverified": sum(
+            not entry["verified"] for record in records for entry in record["methods"].values()
+        ),
+    }
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    lines = [
+        f"{summary['trials']} trials; mean ± std over trials. Every method keeps the same "
+        "number of filters per layer as NeuroChains; `original` is the unpruned model.",
+        "",
+        "| method | " + " | ".join(column for column, _, _ in METRICS) + " |",
+        "| --- " * (len(METRICS) + 1) + "|",
+    ]
+    for method, row in summary["table"].items():
+        cells = []
+        for column, _, decimals in METRICS:
+            cell = row[column]
+            cells.append(
+                "–" if cell is None else f"{cell['mean']:.{decimals}f} ± {cell['std']:.{decimals}f}"
+            )
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    if summary["wall_s"]:
+        wall = summary["wall_s"]
+        lines += ["", f"Wall time per trial: {wall['mean']:.0f} ± {wall['std']:.0f} s."]
+    if summary["unverified"]:
+        lines += ["", f"**{summary['unverified']} exported chains failed verification.**"]
+    return "\n".join(lines) + "\n"
+
+
+def _plot_sparsity(records: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 5), dpi=120)
+    for method in _methods(records):
+        points = [
+            (100 * entry["filters_removed_fraction"], 100 * entry["holdout"]["agreement"])
+            for record in records
+            if (entry := record["methods"].get(method)) and entry.get("holdout")
+        ]
+        if points:
+            x, y = zip(*points, strict=True)
+            axes.scatter(
+                x, y, label=method, alpha=0.75, s=24, marker="*" if method == CHAIN else "o"
+            )
+    axes.set_xlabel("filters removed (%)")
+    axes.set_ylabel("holdout top-1 agreement with the original (%)")
+    axes.set_title("Sparsity against holdout fidelity, one point per trial")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    _save(figure, path)
+
+
+def _plot_layers(records: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    layers = records[0]["layers"]
+    kept = np.array([[n > 0 for n in r["methods"][CHAIN]["layer_filters"]] for r in records])
+    figure, axes = plt.subplots(figsize=(max(6, 0.22 * len(layers) + 2), 4), dpi=120)
+    axes.bar(range(len(layers)), 100 * kept.mean(0), color="#3b528b")
+    axes.set_xticks(range(len(layers)), layers, rotation=90, fontsize=7)
+    axes.set_ylabel("trials that keep the layer (%)")
+    axes.set_ylim(0, 100)
+    axes.set_title(f"How often NeuroChains keeps each layer ({len(records)} trials)")
+    figure.tight_layout()
+    _save(figure, path)
+
+
+def _save(figure: Any, path: Path) -> None:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    write_atomic(path, buffer.getvalue())
+
+
+SUMMARY_FILES = ("summary.md", "summary.json", "sparsity_vs_holdout.png", "layers_kept.png")
+
+
+def write_summary(records: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    summary = summarise(records)
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2).encode())
+    write_atomic(out / "summary.md", summary_markdown(summary).encode())
+    if records:
+        _plot_sparsity(records, out / "sparsity_vs_holdout.png")
+        _plot_layers(records, out / "layers_kept.png")
+    return summary

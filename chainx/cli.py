@@ -305,7 +305,7 @@ def sweep(
     from chainx.optimise_settings import OptimiseSettings
     from chainx.sweep.engines import TrialFailure, default_workers
     from chainx.sweep.plan import BASELINES, SweepConfig
-    from chainx.sweep.run import run_sweep
+    from chainx.sweep.run import OUTPUT_FILES, run_sweep
 
     try:
         chosen = tuple(b.strip() for b in baselines.split(",") if b.strip() not in {"", "none"})
@@ -387,14 +387,8 @@ def sweep(
             )
     except ChainxError as error:
         _fail(error)
-    out_console.print((out / "summary.md").read_text())
-    for name in (
-        "trials.jsonl",
-        "summary.md",
-        "summary.json",
-        "sparsity_vs_holdout.png",
-        "layers_kept.png",
-    ):
+    _print_sweep_summary(result.summary)
+    for name in OUTPUT_FILES:
         if (out / name).exists():
             out_console.print(str(out / name))
     if result.failures:
@@ -403,6 +397,32 @@ def sweep(
             "retry them."
         )
         raise typer.Exit(1)
+
+
+SWEEP_COLUMNS = (
+    "filters removed %",
+    "region agreement %",
+    "holdout agreement %",
+    "holdout class agreement %",
+    "holdout mean KL",
+    "holdout accuracy %",
+)
+
+
+def _print_sweep_summary(summary: dict) -> None:
+    table = Table(title=f"{summary['trials']} trials, mean ± std")
+    table.add_column("method")
+    for column in SWEEP_COLUMNS:
+        table.add_column(column, justify="right")
+    for method, row in summary["table"].items():
+        cells = []
+        for column in SWEEP_COLUMNS:
+            cell, decimals = row[column], 3 if "KL" in column else 1
+            cells.append(
+                "–" if cell is None else f"{cell['mean']:.{decimals}f} ± {cell['std']:.{decimals}f}"
+            )
+        table.add_row(method, *cells)
+    out_console.print(table)
 
 
 def _progress() -> Progress:

@@ -15,6 +15,7 @@ multiplier 1: the baselines prune, they learn nothing.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -90,7 +91,9 @@ def taylor(scoring: ScoringModel, images: np.ndarray, kind: str) -> Importance:
             torch.ones(len(batch), p.channels, *([1] * (p.rank - 2)), requires_grad=True)
             for p in scoring.points
         ]
-        output = scoring.net(batch, *multipliers)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Using a non-tuple", category=UserWarning)
+            output = scoring.net(batch, *multipliers)
         loss = torch.nn.functional.nll_loss(
             log_probabilities(output.reshape(len(batch), -1), kind), target, reduction="sum"
         )

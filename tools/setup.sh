@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up chainx on a fresh Debian/Ubuntu machine: graphviz (and chromium, which the report
 # test renders report.html in) from apt, then a virtualenv in .venv with chainx, its test
-# tools and the packages the tools/ scripts use.
+# tools, Ray (for `chainx sweep --ray`) and the packages the tools/ scripts use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sudo=""
@@ -17,4 +17,4 @@ if [ ${#missing[@]} -gt 0 ]; then
         || echo "setup: chromium could not be installed; the report test will be skipped" >&2
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q -e ".[dev,tools]"
+.venv/bin/pip install -q -e ".[dev,tools,ray]"

@@ -37,11 +37,18 @@ class SweepConfig:
     output_name: str | None = None
     optimise: OptimiseSettings = field(default_factory=OptimiseSettings)
 
+    def __post_init__(self) -> None:
+        # Trials may run in other processes and on other hosts, from another directory.
+        for name in ("model", "data", "holdout_data", "class_names"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, Path(value).absolute())
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         for key, value in data.items():
             if isinstance(value, Path):
-                data[key] = str(value.resolve())
+                data[key] = str(value)
             elif isinstance(value, tuple):
                 data[key] = list(value)
         # The device changes where a trial runs, not what it computes.

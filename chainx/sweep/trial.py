@@ -116,6 +116,7 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
         methods[method] = {
             **chain_summary(multipliers, present),
             "layer_filters": [int(len(present[p.layer])) for p in points],
+            "layer_scored": [int(np.count_nonzero(multipliers[p.layer])) for p in points],
             "verified": verification.passed,
             "max_abs_diff": verification.exactness.max_abs_diff,
             "region": asdict(verification.region),

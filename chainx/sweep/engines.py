@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -83,6 +84,20 @@ def run_local(specs: list[TrialSpec], workers: int) -> Iterator[Outcome]:
                 future.cancel()
 
 
+def _check_reachable(address: str) -> None:
+    """Fail at once on a HOST:PORT nobody listens on; ray.init would retry for minutes."""
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if address == "auto" or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        raise ChainxError(
+            f"--ray {address}: cannot connect to a Ray cluster there ({exc.strerror or exc}). "
+            "Start one with `ray start --head`, or give the address it printed."
+        ) from None
+
+
 def run_ray(specs: list[TrialSpec], address: str) -> Iterator[Outcome]:
     """Trials as Ray tasks on the cluster at `address` ("auto": the one this machine runs),
     one GPU per task where the cluster has GPUs."""
@@ -93,6 +108,7 @@ def run_ray(specs: list[TrialSpec], address: str) -> Iterator[Outcome]:
             "--ray: the ray package is not installed. Install it with `pip install ray`, "
             "or leave out --ray to use the local process pool."
         ) from None
+    _check_reachable(address)
     try:
         ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:

@@ -1,0 +1,216 @@
+"""Sweeps on the sample model: records, resume, interrupts, failures, the local pool and Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, SAMPLE_HOLDOUT, SAMPLE_MODEL
+from PIL import Image
+
+from chainx.errors import ChainxError
+from chainx.images import load_image_files, make_preprocessing
+from chainx.optimise_settings import OptimiseSettings
+from chainx.sweep.plan import BASELINES, CHAIN, SweepConfig, plan_trials
+from chainx.sweep.run import run_sweep
+from chainx.sweep.summary import METRICS, summarise
+from chainx.verify import run, session
+
+QUICK = OptimiseSettings(steps=40, finetune_steps=10, keep_ratio=0.3)
+
+
+def config(**kwargs: object) -> SweepConfig:
+    values = {"data": SAMPLE_HOLDOUT, "per_class": 5, "holdout_per_class": 10, "resize": 28}
+    return SweepConfig(model=SAMPLE_MODEL, **{**values, "optimise": QUICK, **kwargs})
+
+
+def lines(out: Path) -> list[str]:
+    return (out / "trials.jsonl").read_text().splitlines()
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sweep") / "out"
+    result = run_sweep(config(), 3, out, workers=2)
+    assert result.failures == [] and result.done == 3 and result.ran == 3
+    return out
+
+
+def test_every_trial_is_recorded_with_every_method_verified_at_one_budget(swept: Path) -> None:
+    records = [json.loads(line) for line in lines(swept)]
+    assert sorted(r["trial"] for r in records) == [0, 1, 2]
+    plan = plan_trials(config(), 3)
+    for record in records:
+        spec = plan[record["trial"]]
+        assert record["region"] == [str(path) for path, _ in spec.region]
+        assert record["holdout_images"] == 20
+        methods = record["methods"]
+        assert list(methods) == [CHAIN, *BASELINES]
+        budget = methods[CHAIN]["layer_scored"]
+        assert 0 < sum(budget) < methods[CHAIN]["filters_total"]
+        for entry in methods.values():
+            assert entry["verified"], entry
+            assert entry["layer_scored"] == budget
+            assert sum(entry["layer_filters"]) == entry["filters_kept"]
+            assert entry["region"]["images"] == 10 and entry["holdout"]["images"] == 20
+
+
+def test_accuracy_is_measured_against_the_folder_labels(swept: Path) -> None:
+    record = json.loads(lines(swept)[0])
+    paths = [Path(p) for p in record["region"]]
+    prep = make_preprocessing([None, 1, 28, 28], None, 28, None, None)
+    images = load_image_files(paths, [p.parent.name for p in paths], prep)
+    predicted = run(session(SAMPLE_MODEL), images.array).argmax(1)
+    labels = np.array([int(p.parent.name) for p in paths])
+    assert record["original_accuracy"]["region"] == pytest.approx(np.mean(predicted == labels))
+
+
+def test_the_summary_is_the_mean_and_std_of_the_records(swept: Path) -> None:
+    records = [json.loads(line) for line in lines(swept)]
+    summary = json.loads((swept / "summary.json").read_text())
+    assert summary == json.loads(json.dumps(summarise(records)))
+    assert summary["trials"] == 3 and summary["unverified"] == 0
+    for method in [CHAIN, *BASELINES]:
+        agreement = [100 * r["methods"][method]["holdout"]["agreement"] for r in records]
+        cell = summary["table"][method]["holdout agreement %"]
+        assert cell["mean"] == pytest.approx(np.mean(agreement))
+        assert cell["std"] == pytest.approx(np.std(agreement))
+    assert len(summary["table"]) == len(BASELINES) + 2  # and the original
+    markdown = (swept / "summary.md").read_text()
+    assert all(column in markdown for column, _, _ in METRICS)
+    for plot in ("sparsity_vs_holdout.png", "layers_kept.png"):
+        with Image.open(swept / plot) as image:
+            assert image.format == "PNG" and image.width > 400
+
+
+def test_a_rerun_runs_only_the_trials_not_yet_recorded(swept: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(swept, out)
+    before = lines(out)
+    starts = []
+    result = run_sweep(config(), 4, out, workers=1, on_start=lambda p, t: starts.append((p, t)))
+    assert starts == [(1, 4)] and result.ran == 1 and result.done == 4
+    assert lines(out)[:3] == before
+    assert json.loads(lines(out)[3])["trial"] == 3
+    assert run_sweep(config(), 2, out, workers=1).ran == 0
+    assert json.loads((out / "summary.json").read_text())["trials"] == 2
+
+
+def test_a_sweep_with_other_settings_is_not_resumed(swept: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(swept, out)
+    with pytest.raises(ChainxError, match="other settings \\(optimise, per_class\\)"):
+        run_sweep(config(per_class=4, optimise=OptimiseSettings(steps=5)), 3, out, workers=1)
+    assert lines(out) == lines(swept)
+
+
+def test_a_foreign_or_input_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ChainxError, match="holds no sweep"):
+        run_sweep(config(), 1, tmp_path, workers=1)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    with pytest.raises(ChainxError, match="inside the input"):
+        run_sweep(config(), 1, SAMPLE_HOLDOUT / "results", workers=1)
+
+
+def test_failed_trials_are_reported_and_not_recorded(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for label in ("3", "8"):
+        (data / label).mkdir(parents=True)
+        for i in range(6):
+            (data / label / f"{i}.png").write_bytes(b"not a png")
+    result = run_sweep(config(data=data, holdout_per_class=1), 2, tmp_path / "out", workers=2)
+    assert result.done == 0 and sorted(f.index for f in result.failures) == [0, 1]
+    assert all("could be read" in f.message for f in result.failures)
+    log = tmp_path / "out" / "trials.jsonl"
+    assert not log.exists() or log.read_text() == ""
+
+
+def test_a_killed_sweep_keeps_its_finished_trials_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    command = [
+        str(Path(sys.executable).with_name("chainx")), "sweep",
+        str(SAMPLE_MODEL), str(SAMPLE_HOLDOUT),
+        "--trials", "3", "--per-class", "5", "--holdout-per-class", "10", "--resize", "28",
+        "--steps", "40", "--finetune-steps", "10", "--keep-ratio", "0.3", "--workers", "1",
+        "--out", str(out),
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if (out / "trials.jsonl").exists() and lines(out):
+            break
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    survived = lines(out)
+    assert 1 <= len(survived) < 3
+    result = run_sweep(config(), 3, out, workers=1)
+    assert result.ran == 3 - len(survived)
+    assert lines(out)[: len(survived)] == survived
+    assert sorted(json.loads(line)["trial"] for line in lines(out)) == [0, 1, 2]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# A Ray instance of its own: a driver process that starts one and holds it until its stdin
+# closes; `ray stop` would also stop any other Ray cluster on the machine.
+HOLD_RAY = """
+import sys, ray
+context = ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+print(context.address_info["gcs_address"], flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> str:
+    pytest.importorskip("ray")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_RAY],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )  # fmt: skip
+    address = holder.stdout.readline().strip()
+    assert address, "the Ray instance did not start"
+    yield address
+    holder.stdin.close()
+    holder.wait(timeout=120)
+
+
+def test_ray_runs_the_same_trials_into_the_same_log(
+    ray_cluster: str, swept: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    result = run_sweep(config(), 2, out, workers=1, ray_address=ray_cluster)
+    assert result.failures == [] and result.ran == 2
+    records = {json.loads(line)["trial"]: json.loads(line) for line in lines(out)}
+    local = {json.loads(line)["trial"]: json.loads(line) for line in lines(swept)}
+    assert sorted(records) == [0, 1]
+    for index, record in records.items():
+        assert record["region"] == local[index]["region"]
+        assert all(entry["verified"] for entry in record["methods"].values())
+    # Resuming under Ray skips what is recorded, like the local pool.
+    assert run_sweep(config(), 2, out, workers=1, ray_address=ray_cluster).ran == 0
+
+
+def test_an_unreachable_ray_address_is_a_clear_error(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    with pytest.raises(ChainxError, match="cannot connect to a Ray cluster"):
+        run_sweep(config(), 1, tmp_path / "out", workers=1, ray_address=f"127.0.0.1:{_free_port()}")

@@ -266,6 +266,13 @@ def sweep(
             "weight-l1, activation, taylor, unscaled; or none."
         ),
     ] = "random,weight-l1,activation,taylor,unscaled",
+    finetune_baselines: Annotated[
+        bool,
+        typer.Option(
+            help="Fine-tune each baseline's kept scores as NeuroChains' are, so that only "
+            "the choice of filters differs."
+        ),
+    ] = False,
     workers: Annotated[
         int | None,
         typer.Option(min=1, help="Local worker processes \\[default: one per GPU, or per core]."),
@@ -324,6 +331,7 @@ def sweep(
             holdout_per_class=holdout_per_class,
             seed=seed,
             baselines=chosen,
+            finetune_baselines=finetune_baselines,
             size=size,
             resize=resize,
             mean=_floats("--mean", mean),

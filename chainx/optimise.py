@@ -302,3 +302,40 @@ def optimise(
         seconds=time.perf_counter() - started,
         history=history,
     )
+
+
+def finetune_selection(
+    scoring: ScoringModel,
+    images: np.ndarray,
+    kind: str,
+    settings: OptimiseSettings,
+    selection: dict[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """Fine-tune the scores and gates of a fixed selection of filters, from 1, as phase 2
+    fine-tunes NeuroChains' own; a baseline given this differs from the chain only in which
+    filters it keeps."""
+    device = torch.device(settings.device)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
+    scoring.to(device)
+    kept = [torch.from_numpy(selection[p.layer] != 0).to(device) for p in scoring.points]
+    with torch.no_grad():
+        for score, mask in zip(scoring.scores, kept, strict=True):
+            score.copy_(mask.to(score.dtype))
+        scoring.gates.fill_(scoring.gate_init)
+    scoring.masks = kept
+    objective = Objective(
+        scoring,
+        torch.from_numpy(images).to(device),
+        kind,
+        settings.batch_size,
+        settings.augment,
+        settings.seed,
+    )
+    final = _finetune(
+        scoring, objective, [*scoring.scores, scoring.gates], settings, lambda *report: None
+    )
+    return {
+        point.layer: m.detach().cpu().numpy().astype(np.float32)
+        for point, m in zip(scoring.points, final, strict=True)
+    }

@@ -90,6 +90,7 @@ class ScoringModel(nn.Module):
         self.scores = nn.ParameterList(
             [nn.Parameter(torch.ones(point.channels)) for point in points]
         )
+        self.gate_init = gate_init
         self.gates = nn.Parameter(torch.full((len(points),), gate_init))
         self.masks = [torch.ones(point.channels, dtype=torch.bool) for point in points]
         batch = model.graph.input[0].type.tensor_type.shape.dim[0]

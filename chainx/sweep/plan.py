@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ class SweepConfig:
     holdout_per_class: int | None = None
     seed: int = 0
     baselines: tuple[str, ...] = BASELINES
+    finetune_baselines: bool = False
     size: int | None = None
     resize: int | None = None
     mean: tuple[float, ...] | None = None
@@ -42,7 +43,7 @@ class SweepConfig:
         for name in ("model", "data", "holdout_data", "class_names"):
             value = getattr(self, name)
             if value is not None:
-                setattr(self, name, Path(value).absolute())
+                setattr(self, name, Path(value).resolve())
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -58,6 +59,13 @@ class SweepConfig:
     def differences(self, recorded: dict[str, Any]) -> list[str]:
         """The settings in which an earlier sweep's `recorded` config differs from this one."""
         mine = self.to_json()
+        # A setting added since that sweep ran counts as recorded at its default.
+        defaults = {
+            f.name: f.default
+            for f in fields(self)
+            if f.default is not MISSING and not isinstance(f.default, Path)
+        }
+        recorded = {**{k: v for k, v in defaults.items() if k not in recorded}, **recorded}
         return sorted(
             key for key in mine.keys() | recorded.keys() if mine.get(key) != recorded.get(key)
         )

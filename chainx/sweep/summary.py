@@ -88,6 +88,14 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     walls = [record["wall_s"] for record in records]
     return {
         "trials": len(records),
+        "scores_finetuned": sorted(
+            {
+                method
+                for record in records
+                for method, entry in record["methods"].items()
+                if entry.get("scores_finetuned")
+            }
+        ),
         "table": table,
         "wall_s": {"mean": float(np.mean(walls)), "std": float(np.std(walls))} if walls else None,
         "unverified": sum(
@@ -97,9 +105,16 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
+    finetuned = [m for m in summary["scores_finetuned"] if m != CHAIN]
     lines = [
         f"{summary['trials']} trials; mean ± std over trials. Every method keeps the same "
-        "number of filters per layer as NeuroChains; `original` is the unpruned model.",
+        "number of filters per layer as NeuroChains; `original` is the unpruned model. "
+        + (
+            f"The kept filters' scores were fine-tuned for {', '.join(finetuned)} as for "
+            "NeuroChains; the other baselines keep multipliers of 1."
+            if finetuned
+            else "The baselines keep multipliers of 1 (no fine-tuning)."
+        ),
         "",
         "| method | " + " | ".join(column for column, _, _ in METRICS) + " |",
         "| --- " * (len(METRICS) + 1) + "|",

@@ -35,7 +35,7 @@ def _accuracy(output: np.ndarray | None, labels: list[int | None]) -> float | No
 
 
 def run_trial(spec: TrialSpec) -> dict[str, Any]:
-    from chainx.optimise import optimise, resolve_device
+    from chainx.optimise import finetune_selection, optimise, resolve_device
     from chainx.scoring import ScoringModel, check_convertible, output_kind
 
     started = time.perf_counter()
@@ -85,10 +85,16 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
         "unscaled": lambda: {},
     }
     candidates = {CHAIN: result.multipliers}
+    finetuned = set()
     for method in config.baselines:
         candidates[method] = importance.baseline_multipliers(
             method, result.multipliers, rankings[method]
         )
+        if config.finetune_baselines and method != "unscaled":
+            candidates[method] = finetune_selection(
+                scoring, region.array, kind, settings, candidates[method]
+            )
+            finetuned.add(method)
 
     digest = sha256_file(config.model)
     layer_names = display_names([p.layer for p in points])
@@ -117,6 +123,7 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
             **chain_summary(multipliers, present),
             "layer_filters": [int(len(present[p.layer])) for p in points],
             "layer_scored": [int(np.count_nonzero(multipliers[p.layer])) for p in points],
+            "scores_finetuned": method == CHAIN or method in finetuned,
             "verified": verification.passed,
             "max_abs_diff": verification.exactness.max_abs_diff,
             "region": asdict(verification.region),

@@ -407,21 +407,22 @@ def sweep(
         raise typer.Exit(1)
 
 
-SWEEP_COLUMNS = (
-    "filters removed %",
-    "region agreement %",
-    "holdout agreement %",
-    "holdout class agreement %",
-    "holdout mean KL",
-    "holdout accuracy %",
-)
+# Summary column → its short header in the terminal.
+SWEEP_COLUMNS = {
+    "filters removed %": "removed %",
+    "region agreement %": "region agree %",
+    "holdout agreement %": "holdout agree %",
+    "holdout class agreement %": "holdout class agree %",
+    "holdout mean KL": "holdout KL",
+    "holdout accuracy %": "holdout acc %",
+}
 
 
 def _print_sweep_summary(summary: dict) -> None:
     table = Table(title=f"{summary['trials']} trials, mean ± std")
-    table.add_column("method")
-    for column in SWEEP_COLUMNS:
-        table.add_column(column, justify="right")
+    table.add_column("method", no_wrap=True, min_width=11)
+    for header in SWEEP_COLUMNS.values():
+        table.add_column(header, justify="right")
     for method, row in summary["table"].items():
         cells = []
         for column in SWEEP_COLUMNS:

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import SAMPLE_MODEL, SAMPLE_REGION, model_with_weights
+from conftest import SAMPLE_HOLDOUT, SAMPLE_MODEL, SAMPLE_REGION, model_with_weights
 from onnx import numpy_helper
 from torch import nn
 from typer.testing import CliRunner
@@ -255,3 +255,39 @@ def test_a_probability_output_is_detected_and_said(tmp_path: Path, op: str, kind
     assert f"output treated as {kind}" in result.output
     data = json.loads((tmp_path / "out" / "chain.json").read_text())
     assert data["settings"]["output_kind"].startswith(kind)
+
+
+SWEEP = ["--per-class", "5", "--holdout-per-class", "5", "--resize", "28", "--steps", "20"]
+SWEEP += ["--finetune-steps", "5", "--keep-ratio", "0.3", "--workers", "1"]
+
+
+def test_sweep_runs_trials_and_prints_the_summary_and_its_files(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    result = invoke("sweep", SAMPLE_MODEL, SAMPLE_HOLDOUT, "--trials", "1", "--out", out, *SWEEP)
+    assert result.exit_code == 0, result.output
+    assert "1 trials: 0 already in" in result.output
+    assert "neurochains" in result.output and "taylor" in result.output
+    for name in ("trials.jsonl", "summary.md", "sparsity_vs_holdout.png", "layers_kept.png"):
+        assert str(out / name) in result.output.replace("\n", "")
+    again = invoke("sweep", SAMPLE_MODEL, SAMPLE_HOLDOUT, "--trials", "1", "--out", out, *SWEEP)
+    assert again.exit_code == 0 and "1 already in" in again.output
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--baselines", "random,magic"], "unknown magic"),
+        (["--classes", "3"], "has only 2 class folders"),
+        (["--ray", "127.0.0.1:9"], "cannot connect to a Ray cluster"),
+    ],
+)
+def test_sweep_names_a_bad_option_and_exits_2(
+    tmp_path: Path, options: list[str], message: str
+) -> None:
+    out = tmp_path / "sweep"
+    result = invoke(
+        "sweep", SAMPLE_MODEL, SAMPLE_HOLDOUT, "--trials", "1", "--out", out, *SWEEP, *options
+    )
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert "Traceback" not in result.output

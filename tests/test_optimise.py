@@ -94,3 +94,27 @@ def test_nan_during_optimisation_stops_with_a_clear_message() -> None:
     scoring = ScoringModel(MODEL, find_score_points(MODEL))
     with pytest.raises(ChainxError, match="NaN or Inf"):
         optimise(scoring, images, "logits", OptimiseSettings(steps=3, finetune_steps=0))
+
+
+def test_finetune_selection_keeps_the_selection_and_fits_its_scores() -> None:
+    from chainx.optimise import finetune_selection
+    from chainx.verify import log_softmax
+
+    points = find_score_points(MODEL)
+    scoring = ScoringModel(MODEL, points)
+    rng = np.random.default_rng(0)
+    selection = {p.layer: (rng.random(p.channels) < 0.5).astype(np.float32) for p in points}
+    tuned = finetune_selection(
+        scoring, IMAGES.array, "logits", OptimiseSettings(finetune_steps=30), selection
+    )
+    for p in points:
+        assert not tuned[p.layer][selection[p.layer] == 0].any()
+    original = log_softmax(
+        scoring.masked(IMAGES.array, {p.layer: np.ones(p.channels) for p in points}), "logits"
+    )
+
+    def kl(multipliers: dict[str, np.ndarray]) -> float:
+        log_q = log_softmax(scoring.masked(IMAGES.array, multipliers), "logits")
+        return float((np.exp(original) * (original - log_q)).sum(1).mean())
+
+    assert kl(tuned) < kl(selection)

@@ -214,3 +214,20 @@ def test_an_unreachable_ray_address_is_a_clear_error(tmp_path: Path) -> None:
     pytest.importorskip("ray")
     with pytest.raises(ChainxError, match="cannot connect to a Ray cluster"):
         run_sweep(config(), 1, tmp_path / "out", workers=1, ray_address=f"127.0.0.1:{_free_port()}")
+
+
+def test_finetuned_baselines_keep_their_selection_and_say_so() -> None:
+    from chainx.sweep.trial import run_trial
+
+    settings = config(baselines=("random", "unscaled"), finetune_baselines=True)
+    record = run_trial(plan_trials(settings, 1)[0])
+    methods = record["methods"]
+    assert {m: e["scores_finetuned"] for m, e in methods.items()} == {
+        CHAIN: True,
+        "random": True,
+        "unscaled": False,
+    }
+    budget = methods[CHAIN]["layer_scored"]
+    assert methods["unscaled"]["layer_scored"] == budget
+    assert all(a <= b for a, b in zip(methods["random"]["layer_scored"], budget, strict=True))
+    assert all(entry["verified"] for entry in methods.values())

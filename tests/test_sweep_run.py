@@ -85,6 +85,17 @@ def test_the_summary_is_the_mean_and_std_of_the_records(swept: Path) -> None:
         assert cell["mean"] == pytest.approx(np.mean(agreement))
         assert cell["std"] == pytest.approx(np.std(agreement))
     assert len(summary["table"]) == len(BASELINES) + 2  # and the original
+    for method in BASELINES:
+        differences = [
+            r["methods"][CHAIN]["holdout"]["agreement"]
+            - r["methods"][method]["holdout"]["agreement"]
+            for r in records
+        ]
+        assert summary["holdout_comparison"][method] == {
+            "higher": sum(d > 0 for d in differences),
+            "equal": sum(d == 0 for d in differences),
+            "lower": sum(d < 0 for d in differences),
+        }
     markdown = (swept / "summary.md").read_text()
     assert all(column in markdown for column, _, _ in METRICS)
     for plot in ("sparsity_vs_holdout.png", "layers_kept.png"):

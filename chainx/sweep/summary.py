@@ -68,6 +68,21 @@ def _entries(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {**record["methods"], ORIGINAL: original}
 
 
+def _holdout_comparison(records: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per baseline: in how many trials NeuroChains' holdout agreement is higher, equal, lower."""
+    counts: dict[str, dict[str, int]] = {}
+    for record in records:
+        chain = record["methods"].get(CHAIN, {}).get("holdout")
+        for method, entry in record["methods"].items():
+            if method == CHAIN or chain is None or entry.get("holdout") is None:
+                continue
+            difference = chain["agreement"] - entry["holdout"]["agreement"]
+            outcome = "higher" if difference > 0 else "lower" if difference < 0 else "equal"
+            row = counts.setdefault(method, {"higher": 0, "equal": 0, "lower": 0})
+            row[outcome] += 1
+    return counts
+
+
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     table: dict[str, dict[str, dict[str, float] | None]] = {}
     for method in [*_methods(records), ORIGINAL]:
@@ -87,6 +102,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         table[method] = row
     walls = [record["wall_s"] for record in records]
     return {
+        "holdout_comparison": _holdout_comparison(records),
         "trials": len(records),
         "scores_finetuned": sorted(
             {
@@ -127,6 +143,12 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 "–" if cell is None else f"{cell['mean']:.{decimals}f} ± {cell['std']:.{decimals}f}"
             )
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    if summary["holdout_comparison"]:
+        lines += ["", "Trials in which NeuroChains' holdout agreement is higher / equal / lower:"]
+        lines += [
+            f"- vs {method}: {row['higher']} / {row['equal']} / {row['lower']}"
+            for method, row in summary["holdout_comparison"].items()
+        ]
     if summary["wall_s"]:
         wall = summary["wall_s"]
         lines += ["", f"Wall time per trial: {wall['mean']:.0f} ± {wall['std']:.0f} s."]

@@ -61,6 +61,7 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
     result = optimise(scoring, region.array, kind, settings)
     optimise_s = time.perf_counter() - started
 
+    # Every chain keeps the normalised model's input and output names, so it names them.
     reference = Reference(normalised, config.model, original, normalised)
     original_outputs = (
         reference.run(region.array),

@@ -358,17 +358,13 @@ def sweep(
             task = progress.add_task("trials", total=trials, stats="")
 
             def on_start(pending: int, total: int) -> None:
-                done = total - pending
-                engine = (
-                    f"Ray ({ray})"
-                    if ray
-                    else f"{min(workers or default_workers(), max(pending, 1))} local workers"
-                )
+                count = min(workers or default_workers(), max(pending, 1))
+                engine = f"Ray ({ray})" if ray else f"{count} local worker" + "s" * (count != 1)
                 console.print(
-                    f"{total} trials: {done} already in {out / 'trials.jsonl'}, "
+                    f"{total} trials: {total - pending} already in {out / 'trials.jsonl'}, "
                     f"{pending} to run on {engine}"
                 )
-                progress.update(task, completed=done)
+                progress.update(task, completed=total - pending)
 
             def on_outcome(outcome: object, done: int, total: int) -> None:
                 if isinstance(outcome, TrialFailure):

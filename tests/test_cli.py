@@ -291,3 +291,16 @@ def test_sweep_names_a_bad_option_and_exits_2(
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert "Traceback" not in result.output
+
+
+def test_sweep_reports_failed_trials_and_exits_1(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for label in ("3", "8"):
+        (data / label).mkdir(parents=True)
+        for i in range(6):
+            (data / label / f"{i}.png").write_bytes(b"not a png")
+    result = invoke("sweep", SAMPLE_MODEL, data, "--trials", "1", "--out", tmp_path / "o", *SWEEP)
+    assert result.exit_code == 1, result.output
+    output = " ".join(result.output.split())
+    assert "trial 0 failed" in output and "could be read" in output
+    assert "rerun the same command to retry them" in output

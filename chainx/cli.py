@@ -391,6 +391,12 @@ def sweep(
             )
     except ChainxError as error:
         _fail(error)
+    except KeyboardInterrupt:
+        console.print(
+            f"[bold yellow]interrupted:[/] the finished trials are in {out / 'trials.jsonl'}; "
+            "rerun the same command to resume."
+        )
+        raise typer.Exit(130) from None
     _print_sweep_summary(result.summary)
     for name in OUTPUT_FILES:
         if (out / name).exists():

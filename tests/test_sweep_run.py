@@ -174,35 +174,78 @@ def test_a_killed_sweep_keeps_its_finished_trials_and_resumes(tmp_path: Path) ->
     assert sorted(json.loads(line)["trial"] for line in lines(out)) == [0, 1, 2]
 
 
+def test_ctrl_c_stops_the_workers_at_once_and_keeps_the_finished_trials(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    command = [
+        str(Path(sys.executable).with_name("chainx")), "sweep",
+        str(SAMPLE_MODEL), str(SAMPLE_HOLDOUT),
+        "--trials", "8", "--per-class", "5", "--holdout-per-class", "10", "--resize", "28",
+        "--steps", "40", "--finetune-steps", "10", "--keep-ratio", "0.3", "--workers", "1",
+        "--out", str(out),
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not ((out / "trials.jsonl").exists() and lines(out)):
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, output
+    assert "rerun the same command to resume" in " ".join(output.split())
+    assert "Traceback" not in output
+    kept = lines(out)
+    assert 1 <= len(kept) < 8
+    assert json.loads((out / "summary.json").read_text())["trials"] == len(kept)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and _group_alive(process.pid):
+        time.sleep(0.2)
+    assert not _group_alive(process.pid)  # no worker of the sweep is left running
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
-# A Ray instance of its own: a driver process that starts one and holds it until its stdin
-# closes; `ray stop` would also stop any other Ray cluster on the machine.
-HOLD_RAY = """
-import sys, ray
-context = ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
-print(context.address_info["gcs_address"], flush=True)
-sys.stdin.read()
-"""
-
-
 @pytest.fixture(scope="module")
 def ray_cluster() -> str:
+    """A Ray instance of its own, as `ray start --head --block` runs it: stopping that
+    process stops its cluster only (`ray stop` would stop every Ray cluster here)."""
     pytest.importorskip("ray")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_RAY],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    port = _free_port()
+    head = subprocess.Popen(
+        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+         f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+         "--disable-usage-stats"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
-    address = holder.stdout.readline().strip()
-    assert address, "the Ray instance did not start"
-    yield address
-    holder.stdin.close()
-    holder.wait(timeout=120)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert head.poll() is None, "ray start --head failed"
+            time.sleep(0.5)
+    yield f"127.0.0.1:{port}"
+    head.send_signal(signal.SIGINT)
+    try:
+        head.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
 
 
 def test_ray_runs_the_same_trials_into_the_same_log(

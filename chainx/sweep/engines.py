@@ -10,7 +10,6 @@ import multiprocessing
 import os
 import socket
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,8 +57,20 @@ def _failure(spec: TrialSpec, error: BaseException) -> TrialFailure:
     return TrialFailure(spec.index, f"{type(error).__name__}: {error}")
 
 
+def _attempt(spec: TrialSpec) -> Outcome:
+    """`run_trial` in a pool worker, its exception returned as the trial's failure."""
+    try:
+        return run_trial(spec)
+    except Exception as error:
+        return _failure(spec, error)
+
+
 def run_local(specs: list[TrialSpec], workers: int) -> Iterator[Outcome]:
-    """Trials in a pool of `workers` spawned processes (spawn: torch does not survive fork)."""
+    """Trials in a pool of `workers` spawned processes (spawn: torch does not survive fork).
+
+    When the caller stops early (an interrupt), the workers are terminated at once rather
+    than left to finish trials whose results would not be recorded.
+    """
     context = multiprocessing.get_context("spawn")
     gpus = gpu_count()
     queue = None
@@ -68,20 +79,17 @@ def run_local(specs: list[TrialSpec], workers: int) -> Iterator[Outcome]:
         for index in range(workers):
             queue.put(index % gpus)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_start_worker, initargs=(queue, threads)
-    ) as pool:
-        pending = {pool.submit(run_trial, spec): spec for spec in specs}
-        try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    spec = pending.pop(future)
-                    error = future.exception()
-                    yield _failure(spec, error) if error else future.result()
-        finally:
-            for future in pending:
-                future.cancel()
+    pool = context.Pool(workers, initializer=_start_worker, initargs=(queue, threads))
+    finished = False
+    try:
+        yield from pool.imap_unordered(_attempt, specs, chunksize=1)
+        finished = True
+    finally:
+        if finished:
+            pool.close()
+        else:
+            pool.terminate()
+        pool.join()
 
 
 def _check_reachable(address: str) -> None:

@@ -2,7 +2,7 @@
 
 Runs the same trials (same plan, same settings) into fresh folders: the local pool with 1
 worker and with one worker per core, then Ray tasks on a Ray instance started on this
-machine (`ray start --head`). Prints trials/hour for each and writes them as JSON.
+machine (`ray start --head --block`). Prints trials/hour for each and writes them as JSON.
 
     python tools/bench_sweep.py --model build/cifar10_resnet20.onnx \
         --data ../shared/data/cifar10/test --class-names tools/class_names/cifar10.txt \
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -40,17 +41,25 @@ def timed_sweep(config: SweepConfig, trials: int, workers: int, ray: str | None)
     return {"trials": trials, "seconds": seconds, "trials_per_hour": 3600 * trials / seconds}
 
 
-def start_ray(cpus: int) -> str:
+def start_ray(cpus: int) -> tuple[str, subprocess.Popen]:
+    """A Ray head of its own (`ray start --head --block`); stopping it stops only that one."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    ray = str(Path(sys.executable).with_name("ray"))
-    subprocess.run(
-        [ray, "start", "--head", f"--port={port}", f"--num-cpus={cpus}",
-         "--include-dashboard=false", "--disable-usage-stats"],
-        check=True, capture_output=True,
+    head = subprocess.Popen(
+        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+         f"--port={port}", f"--num-cpus={cpus}", "--include-dashboard=false",
+         "--disable-usage-stats"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    return f"127.0.0.1:{port}"
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return f"127.0.0.1:{port}", head
+        except OSError:
+            if head.poll() is not None:
+                raise SystemExit("ray start --head failed") from None
+            time.sleep(0.5)
 
 
 def main() -> None:
@@ -86,14 +95,14 @@ def main() -> None:
         "local, 1 worker": timed_sweep(config, args.trials, 1, None),
         f"local, {cores} workers": timed_sweep(config, args.trials, cores, None),
     }
-    address = start_ray(cores)
+    address, head = start_ray(cores)
     try:
         results[f"Ray on this machine, {cores} CPUs"] = timed_sweep(
             config, args.trials, cores, address
         )
     finally:
-        subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"],
-                       capture_output=True)  # fmt: skip
+        head.send_signal(signal.SIGINT)
+        head.wait()
     for name, entry in results.items():
         if isinstance(entry, dict):
             print(

@@ -277,6 +277,10 @@ def sweep(
         int | None,
         typer.Option(min=1, help="Local worker processes \\[default: one per GPU, or per core]."),
     ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(help="Fail a trial on an unreadable image instead of skipping it."),
+    ] = False,
     ray: Annotated[
         str | None,
         typer.Option(
@@ -332,6 +336,7 @@ def sweep(
             seed=seed,
             baselines=chosen,
             finetune_baselines=finetune_baselines,
+            strict=strict,
             size=size,
             resize=resize,
             mean=_floats("--mean", mean),

@@ -285,3 +285,25 @@ def test_finetuned_baselines_keep_their_selection_and_say_so() -> None:
     assert methods["unscaled"]["layer_scored"] == budget
     assert all(a <= b for a, b in zip(methods["random"]["layer_scored"], budget, strict=True))
     assert all(entry["verified"] for entry in methods.values())
+
+
+def test_an_unreadable_image_is_skipped_and_named_or_with_strict_fails_the_trial(
+    tmp_path: Path,
+) -> None:
+    from chainx.sweep.trial import run_trial
+
+    data = tmp_path / "data"
+    for label in ("3", "8"):
+        (data / label).mkdir(parents=True)
+        for path in sorted((SAMPLE_HOLDOUT / label).iterdir())[: 4 if label == "3" else 5]:
+            shutil.copy(path, data / label / path.name)
+    broken = data / "3" / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    spec = plan_trials(config(data=data, per_class=5), 1)[0]
+    assert broken in [path for path, _ in spec.region]
+    record = run_trial(spec)
+    assert len(record["skipped_images"]) == 1 and str(broken) in record["skipped_images"][0]
+    assert record["methods"][CHAIN]["region"]["images"] == 9
+    strict = plan_trials(config(data=data, per_class=5, strict=True), 1)[0]
+    with pytest.raises(ChainxError, match="broken.png: not a readable image"):
+        run_trial(strict)

@@ -33,6 +33,7 @@ class SweepConfig:
     resize: int | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    strict: bool = False
     class_names: Path | None = None
     input_name: str | None = None
     output_name: str | None = None

@@ -48,7 +48,8 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
     prep = make_preprocessing(shape, config.size, config.resize, config.mean, config.std)
 
     def load(files: tuple[tuple[Any, str], ...]) -> ImageSet:
-        return load_image_files([p for p, _ in files], [label for _, label in files], prep)
+        paths, labels = [p for p, _ in files], [label for _, label in files]
+        return load_image_files(paths, labels, prep, config.strict)
 
     region = load(spec.region)
     holdout = load(spec.holdout) if spec.holdout else None
@@ -141,6 +142,12 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
         "classes": list(spec.classes),
         "region": [str(path) for path, _ in spec.region],
         "holdout_images": len(spec.holdout),
+        "skipped_images": [
+            f"{path}: {why}"
+            for images in (region, holdout)
+            if images is not None
+            for path, why in images.skipped.unreadable
+        ],
         "device": settings.device,
         "layers": [layer_names[p.layer] for p in points],
         "original_accuracy": {

@@ -122,15 +122,19 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def summary_markdown(summary: dict[str, Any]) -> str:
     finetuned = [m for m in summary["scores_finetuned"] if m != CHAIN]
+    unscaled = [m for m in summary["table"] if m not in {CHAIN, ORIGINAL, *finetuned}]
+    scores = []
+    if finetuned:
+        scores.append(
+            f"The kept filters' scores were fine-tuned for {', '.join(finetuned)} as for "
+            "NeuroChains."
+        )
+    if unscaled:
+        scores.append(f"{', '.join(unscaled)} keep multipliers of 1 (no fine-tuning).")
     lines = [
         f"{summary['trials']} trials; mean ± std over trials. Every method keeps the same "
         "number of filters per layer as NeuroChains; `original` is the unpruned model. "
-        + (
-            f"The kept filters' scores were fine-tuned for {', '.join(finetuned)} as for "
-            "NeuroChains; the other baselines keep multipliers of 1."
-            if finetuned
-            else "The baselines keep multipliers of 1 (no fine-tuning)."
-        ),
+        + " ".join(scores),
         "",
         "| method | " + " | ".join(column for column, _, _ in METRICS) + " |",
         "| --- " * (len(METRICS) + 1) + "|",

@@ -1,0 +1,1 @@
+"""chainx sweep: many trials (regions) of one model, each chain against baselines."""

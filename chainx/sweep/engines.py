@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ def default_workers() -> int:
 
 def _start_worker(gpus: Any, threads: int) -> None:
     # Runs in each fresh worker before torch loads: pin one GPU, size the thread pools.
+    # Ctrl-C reaches the whole process group; the parent handles it and stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
     os.environ["OMP_NUM_THREADS"] = str(threads)

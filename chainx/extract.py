@@ -18,7 +18,7 @@ from chainx.diagram import write_chain_diagram
 from chainx.errors import ChainxError, VerificationError
 from chainx.export import chain_summary, export_chain
 from chainx.featuremaps import layer_activations, write_featuremaps
-from chainx.images import ImageSet, load_images, make_preprocessing
+from chainx.images import ImageSet, load_images, model_preprocessing
 from chainx.layers import display_names, layer_edges
 from chainx.model_io import load_model, normalise, sha256_file
 from chainx.onnx_graph import GraphIndex
@@ -82,9 +82,7 @@ def extract(options: ExtractOptions, listener: Listener | None = None) -> Extrac
     digest = sha256_file(options.model)
     normalised = normalise(original, options.input_name, options.output_name)
     check_convertible(normalised)
-    graph_input = normalised.graph.input[0].type.tensor_type.shape.dim
-    input_shape = [d.dim_value if d.HasField("dim_value") else None for d in graph_input]
-    prep = make_preprocessing(input_shape, options.size, options.resize, options.mean, options.std)
+    prep = model_preprocessing(normalised, options.size, options.resize, options.mean, options.std)
     listener.message(f"preprocessing: {prep.describe()}")
     region = load_images(options.images, prep, options.strict)
     holdout = load_images(options.holdout, prep, options.strict) if options.holdout else None

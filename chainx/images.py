@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from chainx.errors import ChainxError
@@ -58,6 +59,19 @@ class ImageSet:
     labels: list[str]
     array: np.ndarray
     skipped: SkippedFiles = field(default_factory=lambda: SkippedFiles())
+
+
+def model_preprocessing(
+    model: onnx.ModelProto,
+    size: int | None,
+    resize: int | None,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+) -> Preprocessing:
+    """`make_preprocessing` for the model's first input."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    return make_preprocessing(shape, size, resize, mean, std)
 
 
 def make_preprocessing(

@@ -215,6 +215,24 @@ def _finetune(
     return best[2]
 
 
+def _objective(
+    scoring: ScoringModel, images: np.ndarray, kind: str, settings: OptimiseSettings
+) -> Objective:
+    """The scoring model on the settings' device, and the region's objective there."""
+    device = torch.device(settings.device)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # shrinking scores make denormals, 3x slower steps
+    scoring.to(device)
+    return Objective(
+        scoring,
+        torch.from_numpy(images).to(device),
+        kind,
+        settings.batch_size,
+        settings.augment,
+        settings.seed,
+    )
+
+
 def optimise(
     scoring: ScoringModel,
     images: np.ndarray,
@@ -223,19 +241,8 @@ def optimise(
     on_step: Callable[[StepReport], None] = lambda report: None,
 ) -> OptimiseResult:
     torch.manual_seed(settings.seed)
-    device = torch.device(settings.device)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)  # shrinking scores make denormals, 3x slower steps
-    scoring.to(device)
     started = time.perf_counter()
-    objective = Objective(
-        scoring,
-        torch.from_numpy(images).to(device),
-        kind,
-        settings.batch_size,
-        settings.augment,
-        settings.seed,
-    )
+    objective = _objective(scoring, images, kind, settings)
     history: list[StepReport] = []
 
     def report(phase: str, step: int, total: int, loss: float, kl: float, agree: float) -> None:
@@ -314,24 +321,13 @@ def finetune_selection(
     """Fine-tune the scores and gates of a fixed selection of filters, from 1, as phase 2
     fine-tunes NeuroChains' own; a baseline given this differs from the chain only in which
     filters it keeps."""
-    device = torch.device(settings.device)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)
-    scoring.to(device)
-    kept = [torch.from_numpy(selection[p.layer] != 0).to(device) for p in scoring.points]
+    objective = _objective(scoring, images, kind, settings)
+    kept = [torch.from_numpy(selection[p.layer] != 0).to(settings.device) for p in scoring.points]
     with torch.no_grad():
         for score, mask in zip(scoring.scores, kept, strict=True):
             score.copy_(mask.to(score.dtype))
         scoring.gates.fill_(scoring.gate_init)
     scoring.masks = kept
-    objective = Objective(
-        scoring,
-        torch.from_numpy(images).to(device),
-        kind,
-        settings.batch_size,
-        settings.augment,
-        settings.seed,
-    )
     final = _finetune(
         scoring, objective, [*scoring.scores, scoring.gates], settings, lambda *report: None
     )

@@ -17,7 +17,7 @@ import onnx
 from chainx import importance
 from chainx.export import chain_summary, export_chain
 from chainx.extract import class_names_from
-from chainx.images import ImageSet, load_image_files, make_preprocessing
+from chainx.images import ImageSet, load_image_files, model_preprocessing
 from chainx.layers import display_names
 from chainx.model_io import load_model, normalise, sha256_file
 from chainx.report import class_of
@@ -43,9 +43,7 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
     original = load_model(config.model)
     normalised = normalise(original, config.input_name, config.output_name)
     check_convertible(normalised)
-    dims = normalised.graph.input[0].type.tensor_type.shape.dim
-    shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    prep = make_preprocessing(shape, config.size, config.resize, config.mean, config.std)
+    prep = model_preprocessing(normalised, config.size, config.resize, config.mean, config.std)
 
     def load(files: tuple[tuple[Any, str], ...]) -> ImageSet:
         paths, labels = [p for p, _ in files], [label for _, label in files]

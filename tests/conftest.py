@@ -315,6 +315,15 @@ def tiny_model(
     return normalise(export(cls(**kwargs), shape, fold=fold, opset=opset, dynamo=dynamo))
 
 
+def unreadable_images(data: Path) -> Path:
+    """A labelled folder (classes 3 and 8, six files each) of which no image can be read."""
+    for label in ("3", "8"):
+        (data / label).mkdir(parents=True)
+        for i in range(6):
+            (data / label / f"{i}.png").write_bytes(b"not a png")
+    return data
+
+
 def model_with_weights(text: str, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
     """An ONNX-text model with random float32 initializers (variances positive)."""
     model = onnx.parser.parse_model(text)

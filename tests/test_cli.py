@@ -11,7 +11,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import SAMPLE_HOLDOUT, SAMPLE_MODEL, SAMPLE_REGION, model_with_weights
+from conftest import (
+    SAMPLE_HOLDOUT,
+    SAMPLE_MODEL,
+    SAMPLE_REGION,
+    model_with_weights,
+    unreadable_images,
+)
 from onnx import numpy_helper
 from torch import nn
 from typer.testing import CliRunner
@@ -294,11 +300,7 @@ def test_sweep_names_a_bad_option_and_exits_2(
 
 
 def test_sweep_reports_failed_trials_and_exits_1(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    for label in ("3", "8"):
-        (data / label).mkdir(parents=True)
-        for i in range(6):
-            (data / label / f"{i}.png").write_bytes(b"not a png")
+    data = unreadable_images(tmp_path / "data")
     result = invoke("sweep", SAMPLE_MODEL, data, "--trials", "1", "--out", tmp_path / "o", *SWEEP)
     assert result.exit_code == 1, result.output
     output = " ".join(result.output.split())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, SAMPLE_HOLDOUT, SAMPLE_MODEL
+from conftest import REPO, SAMPLE_HOLDOUT, SAMPLE_MODEL, unreadable_images
 from PIL import Image
 
 from chainx.errors import ChainxError
@@ -35,6 +35,17 @@ def config(**kwargs: object) -> SweepConfig:
 
 def lines(out: Path) -> list[str]:
     return (out / "trials.jsonl").read_text().splitlines()
+
+
+def sweep_command(out: Path, trials: int) -> list[str]:
+    """The CLI sweep of `config()`'s settings, as a user would start it."""
+    return [
+        str(Path(sys.executable).with_name("chainx")), "sweep",
+        str(SAMPLE_MODEL), str(SAMPLE_HOLDOUT),
+        "--trials", str(trials), "--per-class", "5", "--holdout-per-class", "10",
+        "--resize", "28", "--steps", "40", "--finetune-steps", "10", "--keep-ratio", "0.3",
+        "--workers", "1", "--out", str(out),
+    ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -134,11 +145,7 @@ def test_a_foreign_or_input_folder_is_refused(tmp_path: Path) -> None:
 
 
 def test_failed_trials_are_reported_and_not_recorded(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    for label in ("3", "8"):
-        (data / label).mkdir(parents=True)
-        for i in range(6):
-            (data / label / f"{i}.png").write_bytes(b"not a png")
+    data = unreadable_images(tmp_path / "data")
     result = run_sweep(config(data=data, holdout_per_class=1), 2, tmp_path / "out", workers=2)
     assert result.done == 0 and sorted(f.index for f in result.failures) == [0, 1]
     assert all("could be read" in f.message for f in result.failures)
@@ -148,13 +155,7 @@ def test_failed_trials_are_reported_and_not_recorded(tmp_path: Path) -> None:
 
 def test_a_killed_sweep_keeps_its_finished_trials_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    command = [
-        str(Path(sys.executable).with_name("chainx")), "sweep",
-        str(SAMPLE_MODEL), str(SAMPLE_HOLDOUT),
-        "--trials", "3", "--per-class", "5", "--holdout-per-class", "10", "--resize", "28",
-        "--steps", "40", "--finetune-steps", "10", "--keep-ratio", "0.3", "--workers", "1",
-        "--out", str(out),
-    ]  # fmt: skip
+    command = sweep_command(out, 3)
     process = subprocess.Popen(
         command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -178,13 +179,7 @@ def test_ctrl_c_stops_the_workers_at_once_and_keeps_the_finished_trials(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "out"
-    command = [
-        str(Path(sys.executable).with_name("chainx")), "sweep",
-        str(SAMPLE_MODEL), str(SAMPLE_HOLDOUT),
-        "--trials", "8", "--per-class", "5", "--holdout-per-class", "10", "--resize", "28",
-        "--steps", "40", "--finetune-steps", "10", "--keep-ratio", "0.3", "--workers", "1",
-        "--out", str(out),
-    ]  # fmt: skip
+    command = sweep_command(out, 8)
     process = subprocess.Popen(
         command, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,

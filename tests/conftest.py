@@ -19,10 +19,10 @@ from onnx import numpy_helper
 from PIL import Image
 from torch import nn
 
-from chainx.model_io import normalise
-from chainx.score_points import ScorePoint, find_score_points, scored_model
-from chainx.surgery import SurgeryResult, shrink
-from chainx.verify import run, session
+from chainx.channels.surgery import SurgeryResult, shrink
+from chainx.onnx.normalise import normalise
+from chainx.onnx.runtime import run, session
+from chainx.onnx.score_points import ScorePoint, find_score_points, scored_model
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

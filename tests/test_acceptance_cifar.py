@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import CHROMIUM, REPO, SHARED, assert_report_images_ok, assert_report_renders
 
-from chainx.extract import ExtractOptions, extract
-from chainx.optimise_settings import OptimiseSettings
+from chainx.pipeline import ExtractOptions, extract
+from chainx.scoring.settings import OptimiseSettings
 
 WEIGHTS = SHARED / "models" / "cifar10_resnet20.th"
 CIFAR = SHARED / "data" / "cifar10" / "test"

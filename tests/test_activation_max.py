@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 from conftest import inputs_for, tiny_model
 
-from chainx.activation_max import TILE, Target, dataset_examples, visualise
-from chainx.featuremaps import layer_activations
+from chainx.channels.surgery import shrink
 from chainx.images import Preprocessing
-from chainx.score_points import find_score_points, scored_model
-from chainx.surgery import shrink
+from chainx.onnx.score_points import find_score_points, scored_model
+from chainx.render.featuremaps import layer_activations
+from chainx.scoring.activation_max import TILE, Target, dataset_examples, visualise
 
 PREP = Preprocessing(size=8, resize=8, mean=(0.5,) * 3, std=(0.25,) * 3, channels=3)
 

@@ -9,8 +9,8 @@ import pytest
 from conftest import SAMPLE_HOLDOUT, SAMPLE_MODEL, SAMPLE_REGION
 from typer.testing import CliRunner
 
+from chainx.chain.compare import compare
 from chainx.cli import app
-from chainx.compare import compare
 
 QUICK = ["--resize", "28", "--steps", "60", "--finetune-steps", "5"]
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from chainx.diagram import DiagramError, chain_diagram, write_chain_diagram
-from chainx.result import LayerGraph, LayerResult
+from chainx.chain.result import LayerGraph, LayerResult
+from chainx.render.diagram import DiagramError, chain_diagram, write_chain_diagram
 
 SVG = "{http://www.w3.org/2000/svg}"
 XLINK_TITLE = "{http://www.w3.org/1999/xlink}title"

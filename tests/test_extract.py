@@ -11,9 +11,9 @@ import onnx
 import pytest
 from conftest import SAMPLE_HOLDOUT, SAMPLE_MODEL, SAMPLE_REGION
 
-from chainx.extract import ExtractOptions, extract
 from chainx.images import load_images, make_preprocessing
-from chainx.verify import run, session
+from chainx.onnx.runtime import run, session
+from chainx.pipeline import ExtractOptions, extract
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ import numpy as np
 from conftest import inputs_for, random_multipliers, tiny_model
 from PIL import Image
 
-from chainx.featuremaps import layer_activations, normalised, smoe_scale, write_featuremaps
+from chainx.channels.surgery import shrink
 from chainx.images import Preprocessing
-from chainx.score_points import find_score_points, scored_model
-from chainx.surgery import shrink
+from chainx.onnx.score_points import find_score_points, scored_model
+from chainx.render.featuremaps import layer_activations, normalised, smoe_scale, write_featuremaps
 
 
 def test_smoe_scale_is_zero_where_channels_agree_and_high_where_one_fires() -> None:

@@ -9,12 +9,12 @@ import torch
 from conftest import inputs_for, model_with_weights, tiny_model
 from onnx import helper
 
-from chainx import importance
 from chainx.errors import ChainxError
-from chainx.model_io import normalise
-from chainx.score_points import find_score_points
-from chainx.scoring import ScoringModel
-from chainx.verify import run, session
+from chainx.onnx.normalise import normalise
+from chainx.onnx.runtime import run, session
+from chainx.onnx.score_points import find_score_points
+from chainx.scoring import importance
+from chainx.scoring.model import ScoringModel
 
 CONV_GEMM = """
 <ir_version: 8, opset_import: ["" : 17]>

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from conftest import tiny_model
 
-from chainx.layers import display_name, display_names, layer_edges, module_path
-from chainx.onnx_graph import GraphIndex
-from chainx.score_points import find_score_points
+from chainx.onnx.graph import GraphIndex
+from chainx.onnx.score_points import find_score_points
+from chainx.render.layers import display_name, display_names, layer_edges, module_path
 
 
 def test_torchvision_resnet_names_follow_the_paper() -> None:

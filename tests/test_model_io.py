@@ -18,9 +18,10 @@ from conftest import (
 from onnx import numpy_helper
 
 from chainx.errors import ChainxError
-from chainx.model_io import load_model, normalise, sha256_file
-from chainx.score_points import find_score_points
-from chainx.verify import run, session
+from chainx.onnx.load import load_model, sha256_file
+from chainx.onnx.normalise import normalise
+from chainx.onnx.runtime import run, session
+from chainx.onnx.score_points import find_score_points
 
 
 def test_auto_pad_same_upper_becomes_explicit_pads() -> None:
@@ -105,7 +106,7 @@ def test_run_time_flatten_shape_folds_and_converts_to_torch() -> None:
     normalised = normalise(model)
     reshape = next(n for n in normalised.graph.node if n.op_type == "Reshape")
     assert all(not (a.name == "allowzero" and a.i) for a in reshape.attribute)
-    from chainx.scoring import convert
+    from chainx.scoring.model import convert
 
     convert(normalised)  # onnx2torch accepts it
     x = np.random.default_rng(1).standard_normal((3, 3, 6, 6)).astype(np.float32)
@@ -178,7 +179,7 @@ def test_model_with_external_data_loads_from_its_folder(tmp_path: Path) -> None:
 def test_exporters_and_opsets_convert_score_and_shrink(name: str, opset: int, dynamo: bool) -> None:
     model = tiny_model(name, opset=opset, dynamo=dynamo)
     points = find_score_points(model)
-    from chainx.scoring import ScoringModel
+    from chainx.scoring.model import ScoringModel
 
     scoring = ScoringModel(model, points)  # onnx2torch converts the normalised model
     x = inputs_for(model)
@@ -302,7 +303,7 @@ def test_unconvertible_ops_are_all_named_before_any_work() -> None:
         """,
         {"w": (5, 3, 3, 3)},
     )
-    from chainx.scoring import check_convertible
+    from chainx.scoring.model import check_convertible
 
     with pytest.raises(ChainxError, match=r"2 nodes .*Mystery.*Enigma"):
         check_convertible(model)

@@ -8,10 +8,11 @@ from conftest import SAMPLE_MODEL, SAMPLE_REGION
 
 from chainx.errors import ChainxError
 from chainx.images import load_images, make_preprocessing
-from chainx.model_io import load_model, normalise
-from chainx.optimise import OptimiseSettings, optimise
-from chainx.score_points import find_score_points
-from chainx.scoring import ScoringModel
+from chainx.onnx.load import load_model
+from chainx.onnx.normalise import normalise
+from chainx.onnx.score_points import find_score_points
+from chainx.scoring.model import ScoringModel
+from chainx.scoring.optimise import OptimiseSettings, optimise
 
 MODEL = normalise(load_model(SAMPLE_MODEL))
 IMAGES = load_images(SAMPLE_REGION, make_preprocessing([None, 1, 28, 28], None, 28, None, None))
@@ -76,7 +77,7 @@ def test_a_cut_after_fine_tuning_meets_the_budget() -> None:
 def test_the_hinge_holds_a_fraction_of_each_original_margin(hold: float, active: bool) -> None:
     import torch
 
-    from chainx.optimise import Objective
+    from chainx.scoring.optimise import Objective
 
     scoring = ScoringModel(MODEL, find_score_points(MODEL))
     scoring.gates.data.fill_(30.0)  # sigmoid(30) is 1 in float32: every multiplier is 1
@@ -97,8 +98,8 @@ def test_nan_during_optimisation_stops_with_a_clear_message() -> None:
 
 
 def test_finetune_selection_keeps_the_selection_and_fits_its_scores() -> None:
-    from chainx.optimise import finetune_selection
-    from chainx.verify import log_softmax
+    from chainx.chain.verify import log_softmax
+    from chainx.scoring.optimise import finetune_selection
 
     points = find_score_points(MODEL)
     scoring = ScoringModel(MODEL, points)

@@ -6,11 +6,11 @@ import numpy as np
 from conftest import inputs_for, tiny_model
 from onnx import numpy_helper
 
-from chainx.layers import layer_edges
-from chainx.onnx_graph import GraphIndex
-from chainx.paths import link_weights, strongest_paths
-from chainx.score_points import find_score_points, scored_model
-from chainx.surgery import present_units, shrink
+from chainx.channels.surgery import present_units, shrink
+from chainx.onnx.graph import GraphIndex
+from chainx.onnx.score_points import find_score_points, scored_model
+from chainx.render.layers import layer_edges
+from chainx.render.paths import link_weights, strongest_paths
 
 
 def test_the_strongest_path_follows_the_largest_shares() -> None:

@@ -16,8 +16,8 @@ from conftest import (
     assert_report_renders,
 )
 
-from chainx.extract import ExtractOptions, extract
-from chainx.optimise_settings import OptimiseSettings
+from chainx.pipeline import ExtractOptions, extract
+from chainx.scoring.settings import OptimiseSettings
 
 
 @pytest.fixture(scope="module")

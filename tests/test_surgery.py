@@ -14,10 +14,10 @@ from conftest import (
 )
 from onnx import numpy_helper
 
-from chainx.model_io import normalise
-from chainx.score_points import find_score_points, scored_model
-from chainx.surgery import shrink
-from chainx.verify import run, session
+from chainx.channels.surgery import shrink
+from chainx.onnx.normalise import normalise
+from chainx.onnx.runtime import run, session
+from chainx.onnx.score_points import find_score_points, scored_model
 
 TOLERANCE = 1e-5
 

@@ -19,11 +19,11 @@ from PIL import Image
 
 from chainx.errors import ChainxError
 from chainx.images import load_image_files, make_preprocessing
-from chainx.optimise_settings import OptimiseSettings
+from chainx.onnx.runtime import run, session
+from chainx.scoring.settings import OptimiseSettings
 from chainx.sweep.plan import BASELINES, CHAIN, SweepConfig, plan_trials
 from chainx.sweep.run import run_sweep
 from chainx.sweep.summary import METRICS, summarise
-from chainx.verify import run, session
 
 QUICK = OptimiseSettings(steps=40, finetune_steps=10, keep_ratio=0.3)
 

@@ -7,10 +7,11 @@ import onnx
 from conftest import inputs_for, random_multipliers, tiny_model
 from onnx import numpy_helper
 
-from chainx.model_io import normalise
-from chainx.score_points import find_score_points, scored_model
-from chainx.surgery import shrink
-from chainx.verify import check_exact_copies, check_exactness, fidelity, run, session
+from chainx.chain.verify import check_exact_copies, check_exactness, fidelity
+from chainx.channels.surgery import shrink
+from chainx.onnx.normalise import normalise
+from chainx.onnx.runtime import run, session
+from chainx.onnx.score_points import find_score_points, scored_model
 
 
 def _chain() -> tuple[onnx.ModelProto, onnx.ModelProto, object]:

@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from torch_export import export_classifier  # noqa: E402
 
-from chainx.model_io import normalise  # noqa: E402
-from chainx.optimise import Objective  # noqa: E402
-from chainx.score_points import find_score_points  # noqa: E402
-from chainx.scoring import ScoringModel  # noqa: E402
+from chainx.onnx.normalise import normalise  # noqa: E402
+from chainx.onnx.score_points import find_score_points  # noqa: E402
+from chainx.scoring.model import ScoringModel  # noqa: E402
+from chainx.scoring.optimise import Objective  # noqa: E402
 
 
 def torchvision_model(name: str, size: int) -> onnx.ModelProto:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from chainx.optimise_settings import OptimiseSettings  # noqa: E402
+from chainx.scoring.settings import OptimiseSettings  # noqa: E402
 from chainx.sweep.plan import SweepConfig  # noqa: E402
 from chainx.sweep.run import run_sweep  # noqa: E402
 

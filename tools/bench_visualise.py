@@ -19,9 +19,9 @@ import numpy as np
 import onnx
 import torch
 
-from chainx.activation_max import Target, visualise
-from chainx.featuremaps import layer_activations
 from chainx.images import Preprocessing
+from chainx.render.featuremaps import layer_activations
+from chainx.scoring.activation_max import Target, visualise
 
 
 def main() -> None:

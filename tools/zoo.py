@@ -23,13 +23,13 @@ import torch
 import torchvision
 from torch import nn
 
-from chainx.channel_analysis import analyse_channels
-from chainx.model_io import normalise
-from chainx.onnx_graph import GraphIndex
-from chainx.score_points import ScorePoint, find_score_points, scored_model
-from chainx.scoring import ScoringModel
-from chainx.surgery import SurgeryResult, present_units, shrink
-from chainx.verify import run, session
+from chainx.channels.analysis import analyse_channels
+from chainx.channels.surgery import SurgeryResult, present_units, shrink
+from chainx.onnx.graph import GraphIndex
+from chainx.onnx.normalise import normalise
+from chainx.onnx.runtime import run, session
+from chainx.onnx.score_points import ScorePoint, find_score_points, scored_model
+from chainx.scoring.model import ScoringModel
 
 # Architecture → input size. VGG's adaptive 7×7 pool needs a multiple of 7 at its input.
 ZOO = {

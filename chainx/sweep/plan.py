@@ -10,7 +10,7 @@ import numpy as np
 
 from chainx.errors import ChainxError
 from chainx.images import find_images
-from chainx.optimise_settings import OptimiseSettings
+from chainx.scoring.settings import OptimiseSettings
 
 BASELINES = ("random", "weight-l1", "activation", "taylor", "unscaled")
 CHAIN = "neurochains"

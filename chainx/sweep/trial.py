@@ -14,17 +14,18 @@ from typing import Any
 import numpy as np
 import onnx
 
-from chainx import importance
-from chainx.export import chain_summary, export_chain
-from chainx.extract import class_names_from
+from chainx.chain.export import chain_summary, export_chain
+from chainx.chain.verify import Reference, verify_chain
+from chainx.channels.surgery import present_units
 from chainx.images import ImageSet, load_image_files, model_preprocessing
-from chainx.layers import display_names
-from chainx.model_io import load_model, normalise, sha256_file
-from chainx.report import class_of
-from chainx.score_points import find_score_points
-from chainx.surgery import present_units
+from chainx.onnx.load import load_model, sha256_file
+from chainx.onnx.normalise import normalise
+from chainx.onnx.score_points import find_score_points
+from chainx.pipeline import class_names_from
+from chainx.render.layers import display_names
+from chainx.render.report import class_of
+from chainx.scoring import importance
 from chainx.sweep.plan import CHAIN, TrialSpec
-from chainx.verify import Reference, verify_chain
 
 
 def _accuracy(output: np.ndarray | None, labels: list[int | None]) -> float | None:
@@ -35,8 +36,8 @@ def _accuracy(output: np.ndarray | None, labels: list[int | None]) -> float | No
 
 
 def run_trial(spec: TrialSpec) -> dict[str, Any]:
-    from chainx.optimise import finetune_selection, optimise, resolve_device
-    from chainx.scoring import ScoringModel, check_convertible, output_kind
+    from chainx.scoring.model import ScoringModel, check_convertible, output_kind
+    from chainx.scoring.optimise import finetune_selection, optimise, resolve_device
 
     started = time.perf_counter()
     config = spec.config

@@ -1,0 +1,1 @@
+"""The chain: export with metadata, verification in onnxruntime, and the result records."""

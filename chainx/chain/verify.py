@@ -1,0 +1,281 @@
+"""Checks of an exported chain in onnxruntime: exactness, exact copies, fidelity and cost."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from chainx.channels.emitter import WeightSlice
+from chainx.onnx.runtime import run, session
+
+EXACTNESS_TOLERANCE = 1e-4
+
+
+@dataclass
+class Exactness:
+    max_abs_diff: float
+    max_abs_output: float
+    tolerance: float
+    passed: bool
+
+
+def check_exactness(chain_output: np.ndarray, expected: np.ndarray) -> Exactness:
+    """max |Δ| ≤ 1e-4 · max |output| between the chain and the masked scoring model."""
+    diff = float(np.abs(chain_output.astype(np.float64) - expected).max())
+    scale = float(np.abs(expected).max())
+    tolerance = EXACTNESS_TOLERANCE * scale
+    return Exactness(diff, scale, tolerance, bool(diff <= tolerance))
+
+
+def _constant(model: onnx.ModelProto, name: str) -> np.ndarray | None:
+    """A constant by name, looking through Identity nodes and Constant ops."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    for _ in range(len(model.graph.node) + 1):
+        for init in model.graph.initializer:
+            if init.name == name:
+                return numpy_helper.to_array(init, base_dir="")
+        node = producers.get(name)
+        if node is None:
+            return None
+        if node.op_type == "Constant":
+            value = next((a for a in node.attribute if a.name == "value"), None)
+            return None if value is None else numpy_helper.to_array(value.t)
+        if node.op_type != "Identity":
+            return None
+        name = node.input[0]
+    return None
+
+
+@dataclass
+class CopyCheck:
+    checked: int
+    mismatched: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.mismatched
+
+
+def check_exact_copies(
+    chain: onnx.ModelProto,
+    original: onnx.ModelProto,
+    slices: list[WeightSlice],
+    normalised: onnx.ModelProto | None = None,
+) -> CopyCheck:
+    """Every Conv and Gemm weight in the chain equals a slice of the original, bit for bit.
+
+    A node is looked up by name in the user's model; one that only normalisation named
+    (the user's node had no name) is looked up in the normalised model, whose weights are
+    the user's, untouched.
+    """
+    recorded = {s.node: s for s in slices}
+    original_nodes = {node.name: (node, original) for node in original.graph.node}
+    for node in normalised.graph.node if normalised is not None else []:
+        original_nodes.setdefault(node.name, (node, normalised))
+    mismatched: list[str] = []
+    checked = 0
+    for node in chain.graph.node:
+        if node.op_type not in {"Conv", "Gemm", "MatMul"}:
+            continue
+        checked += 1
+        source, owner = original_nodes.get(node.name, (None, original))
+        weight = _constant(chain, node.input[1])
+        entry = recorded.get(node.name)
+        if source is None or weight is None:
+            mismatched.append(f"{node.name}: no source node of that name in the original")
+            continue
+        reference = _constant(owner, source.input[1])
+        if reference is None:
+            mismatched.append(f"{node.name}: its original weight is not a constant")
+            continue
+        if entry is not None:
+            index = [np.asarray(a, np.int64) for a in entry.axes]
+            index += [np.arange(n) for n in reference.shape[len(index) :]]
+            reference = reference[np.ix_(*index)]
+        same = (
+            weight.shape == reference.shape
+            and weight.dtype == reference.dtype
+            and weight.tobytes() == reference.tobytes()
+        )
+        if not same:
+            mismatched.append(f"{node.name}: weight differs from its source slice")
+    return CopyCheck(checked, mismatched)
+
+
+def log_softmax(values: np.ndarray, kind: str) -> np.ndarray:
+    values = values.astype(np.float64)
+    if kind == "probabilities":
+        return np.log(np.clip(values, 1e-12, None))
+    if kind == "log-probabilities":
+        return values
+    shifted = values - values.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def region_classes(original_output: np.ndarray) -> list[int]:
+    """The classes the original predicts on the region."""
+    return sorted({int(c) for c in original_output.argmax(1)})
+
+
+@dataclass
+class Fidelity:
+    images: int
+    agree: int
+    agreement: float
+    class_agree: int
+    class_agreement: float
+    mean_kl: float
+
+
+def fidelity(
+    chain_output: np.ndarray, original_output: np.ndarray, kind: str, classes: list[int]
+) -> Fidelity:
+    """Top-1 agreement and mean KL(original ‖ chain); also agreement over `classes` only."""
+    log_p = log_softmax(original_output, kind)
+    log_q = log_softmax(chain_output, kind)
+    kl = float((np.exp(log_p) * (log_p - log_q)).sum(axis=1).mean())
+    agree = int((log_p.argmax(1) == log_q.argmax(1)).sum())
+    restricted = np.asarray(classes)
+    class_agree = int(
+        (
+            restricted[log_p[:, restricted].argmax(1)] == restricted[log_q[:, restricted].argmax(1)]
+        ).sum()
+    )
+    count = len(original_output)
+    return Fidelity(count, agree, agree / count, class_agree, class_agree / count, kl)
+
+
+@dataclass
+class Outputs:
+    """The outputs of the chain and of the original model on the region and the holdout."""
+
+    chain_region: np.ndarray
+    original_region: np.ndarray
+    chain_holdout: np.ndarray | None
+    original_holdout: np.ndarray | None
+
+
+@dataclass
+class ChainVerification:
+    exactness: Exactness
+    copies: CopyCheck
+    classes: list[int]
+    region: Fidelity
+    holdout: Fidelity | None
+    outputs: Outputs
+
+    @property
+    def passed(self) -> bool:
+        return self.exactness.passed and self.copies.passed
+
+    def failure(self) -> str:
+        problems = []
+        if not self.exactness.passed:
+            problems.append(
+                f"chain.onnx differs from the masked scoring model: max |Δ| "
+                f"{self.exactness.max_abs_diff:.3g} > tolerance {self.exactness.tolerance:.3g}"
+            )
+        return "verification failed: " + "; ".join(problems + self.copies.mismatched)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "exactness": asdict(self.exactness),
+            "exact_copies": {"checked": self.copies.checked, "mismatched": self.copies.mismatched},
+            "region_classes": self.classes,
+            "region": asdict(self.region),
+            "holdout": asdict(self.holdout) if self.holdout else None,
+        }
+
+
+class Reference:
+    """The original model's output, as the user's file computes it.
+
+    It runs on the image input and class output chainx worked on; a model with other inputs
+    cannot run on the image alone, so its normalised form stands in.
+    """
+
+    def __init__(
+        self,
+        chain: onnx.ModelProto,
+        original_path: Path,
+        original: onnx.ModelProto,
+        normalised: onnx.ModelProto,
+    ) -> None:
+        constants = {init.name for init in original.graph.initializer}
+        reads_one_input = sum(i.name not in constants for i in original.graph.input) <= 1
+        self.session = session(original_path if reads_one_input else normalised)
+        self.names = {
+            "input_name": chain.graph.input[0].name,
+            "output_name": chain.graph.output[0].name,
+        }
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        return run(self.session, images, **self.names)
+
+
+def verify_chain(
+    chain: onnx.ModelProto,
+    original_path: Path,
+    original: onnx.ModelProto,
+    normalised: onnx.ModelProto,
+    slices: list[WeightSlice],
+    expected: np.ndarray,
+    region: np.ndarray,
+    holdout: np.ndarray | None,
+    kind: str,
+    original_outputs: tuple[np.ndarray, np.ndarray | None] | None = None,
+) -> ChainVerification:
+    """Every check of a chain: exactness against `expected` (the masked scoring model's
+    output on `region`), exact copies, and fidelity to the original on region and holdout.
+
+    `original_outputs` (region, holdout) saves rerunning the original when several chains
+    of one model are checked on the same images.
+    """
+    chain_session = session(chain)
+    if original_outputs is None:
+        reference = Reference(chain, original_path, original, normalised)
+        original_outputs = (
+            reference.run(region),
+            reference.run(holdout) if holdout is not None else None,
+        )
+    original_out, original_held = original_outputs
+    chain_out = run(chain_session, region)
+    classes = region_classes(original_out)
+    held, chain_held = None, None
+    if holdout is not None and original_held is not None:
+        chain_held = run(chain_session, holdout)
+        held = fidelity(chain_held, original_held, kind, classes)
+    return ChainVerification(
+        exactness=check_exactness(chain_out, expected),
+        copies=check_exact_copies(chain, original, slices, normalised),
+        classes=classes,
+        region=fidelity(chain_out, original_out, kind, classes),
+        holdout=held,
+        outputs=Outputs(chain_out, original_out, chain_held, original_held),
+    )
+
+
+@dataclass
+class ModelCost:
+    parameters: int
+    file_bytes: int
+    latency_ms: float
+
+
+def model_cost(path: Path, image: np.ndarray, repeats: int = 20) -> ModelCost:
+    model = onnx.load(str(path))
+    parameters = int(sum(np.prod(init.dims) for init in model.graph.initializer))
+    sess = session(path, optimised=True, cpu=True)
+    name = sess.get_inputs()[0].name
+    sess.run(None, {name: image})
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        sess.run(None, {name: image})
+        timings.append(time.perf_counter() - started)
+    return ModelCost(parameters, path.stat().st_size, 1000 * float(np.median(timings)))

@@ -1,0 +1,72 @@
+"""The rule registry: which rule answers for each op type (chainx/rules/ holds the rules).
+
+An op type without an entry, or a node its rule does not accept, is frozen (`FROZEN`).
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from chainx.channels.rules.base import FROZEN, Rule
+from chainx.channels.rules.channelwise import (
+    AveragePoolRule,
+    BatchNormRule,
+    ClipRule,
+    NonZeroPreservingRule,
+    ReduceRule,
+    ResizeRule,
+    ZeroPreservingRule,
+)
+from chainx.channels.rules.mixing import BinaryRule, ConvRule, GemmRule
+from chainx.channels.rules.reindex import (
+    ConcatRule,
+    FlattenRule,
+    GatherRule,
+    PadRule,
+    ShapeRule,
+    SliceRule,
+    SplitRule,
+)
+from chainx.channels.states import Masks, Values
+from chainx.onnx.graph import GraphIndex
+
+__all__ = ["FROZEN", "RULES", "Masks", "Rule", "Values", "rule_for"]
+
+ZERO_PRESERVING_OPS = (
+    "Relu LeakyRelu HardSwish Tanh Identity Neg Abs Erf Gelu Elu Selu Softsign Mish "
+    "MaxPool GlobalAveragePool GlobalMaxPool LpPool Dropout"
+).split()
+NON_ZERO_PRESERVING_OPS = "Sigmoid HardSigmoid Softplus Exp Cos".split()
+
+RULES: dict[str, Rule] = {
+    **{op: ZeroPreservingRule() for op in ZERO_PRESERVING_OPS},
+    **{op: NonZeroPreservingRule() for op in NON_ZERO_PRESERVING_OPS},
+    "PRelu": ZeroPreservingRule(params=(1,)),
+    "AveragePool": AveragePoolRule(),
+    **{op: ReduceRule() for op in "ReduceMean ReduceMax ReduceMin ReduceSum".split()},
+    "Resize": ResizeRule(),
+    "Upsample": ResizeRule(),
+    "Clip": ClipRule(),
+    "BatchNormalization": BatchNormRule(),
+    "InstanceNormalization": NonZeroPreservingRule(params=(1, 2), vectors=True),
+    "Pad": PadRule(),
+    "Slice": SliceRule(),
+    "Gather": GatherRule(),
+    "Split": SplitRule(),
+    "Add": BinaryRule(),
+    "Sub": BinaryRule(),
+    "Mul": BinaryRule(),
+    "Div": BinaryRule(),
+    "Concat": ConcatRule(),
+    "Conv": ConvRule(),
+    "Gemm": GemmRule(),
+    "MatMul": GemmRule(),
+    "Flatten": FlattenRule(),
+    "Shape": ShapeRule(),
+    "Reshape": FlattenRule(),
+}
+
+
+def rule_for(node: onnx.NodeProto, g: GraphIndex) -> Rule:
+    rule = RULES.get(node.op_type, FROZEN)
+    return rule if rule.accepts(node, g) else FROZEN

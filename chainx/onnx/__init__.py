@@ -1,0 +1,1 @@
+"""ONNX in: loading with safety checks, normalisation passes, score points, one runtime."""

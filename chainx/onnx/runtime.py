@@ -1,0 +1,78 @@
+"""One onnxruntime runner for every stage: sessions with graph optimisations off (so that a
+difference in the graph cannot hide behind a rewrite), batched runs, and runs that read
+inner tensors as well as the outputs."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+
+def providers() -> list[str]:
+    """CUDA first where onnxruntime can really load it, else the CPU.
+
+    Asking for CUDA where it cannot load makes onnxruntime log errors, and onnxruntime-gpu
+    lists CUDA as available even on a machine without a GPU, so it is probed once.
+    """
+    return list(_providers())
+
+
+@functools.cache
+def _providers() -> tuple[str, ...]:
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return ("CPUExecutionProvider",)
+    probe = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", ["x"], ["y"])],
+            "probe",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+        )
+    )
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        sess = ort.InferenceSession(
+            probe.SerializeToString(), options, providers=["CUDAExecutionProvider"]
+        )
+    except Exception:  # noqa: BLE001 - any failure to load CUDA means the CPU
+        return ("CPUExecutionProvider",)
+    if "CUDAExecutionProvider" not in sess.get_providers():
+        return ("CPUExecutionProvider",)
+    return ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def session(
+    model: onnx.ModelProto | Path, optimised: bool = False, cpu: bool = False
+) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if not optimised:
+        # With fusions off a difference in the graph cannot hide behind a rewrite.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    chosen = ["CPUExecutionProvider"] if cpu else providers()
+    return ort.InferenceSession(source, options, providers=chosen)
+
+
+def run(
+    sess: ort.InferenceSession,
+    images: np.ndarray,
+    batch_size: int = 32,
+    input_name: str | None = None,
+    output_name: str | None = None,
+) -> np.ndarray:
+    """The model's output for `images` (its first input and output unless named)."""
+    model_input = next(i for i in sess.get_inputs() if input_name in (None, i.name))
+    fixed = model_input.shape[0]
+    step = fixed if isinstance(fixed, int) else batch_size
+    wanted = [output_name] if output_name else None
+    outputs = [
+        sess.run(wanted, {model_input.name: images[i : i + step]})[0]
+        for i in range(0, len(images), step)
+    ]
+    return np.concatenate(outputs).reshape(len(images), -1)

@@ -1,0 +1,152 @@
+"""Where the scores multiply: one point per Conv (and hidden Gemm), after its affine tail.
+
+A Conv's units are its filters; a hidden Gemm's (or MatMul's) are its output neurons, scored
+like filters. A layer whose units reach the model output without another mixing layer is
+the classifier itself and is not scored.
+
+`scored_model` inserts `Mul(point, multiplier)` after every such point. The multiplier is a
+graph input (for the torch scoring model) or a constant (for the export).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from chainx.errors import ChainxError
+from chainx.onnx.graph import GraphIndex
+
+SCORE_PREFIX = "chainx.score."
+
+
+@dataclass(frozen=True)
+class ScorePoint:
+    """A scored layer: its node name, the tensor its scores multiply, and its unit count."""
+
+    layer: str
+    point: str
+    channels: int
+    rank: int
+
+    @property
+    def multiplier(self) -> str:
+        return SCORE_PREFIX + self.layer
+
+    @property
+    def scored(self) -> str:
+        return self.point + "::scored"
+
+
+MIXING_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+def _reaches_output(g: GraphIndex, tensor: str) -> bool:
+    """Whether `tensor`'s channels reach a model output without passing another mixing layer.
+
+    Such a Conv is the classifier itself (SqueezeNet's last 1×1 conv): its channels are the
+    classes, so scoring them would change which classes exist, not which filters explain them.
+    """
+    seen, frontier = {tensor}, [tensor]
+    while frontier:
+        name = frontier.pop()
+        if name in g.output_names:
+            return True
+        for reader in g.consumers.get(name, []):
+            if reader.op_type in MIXING_OPS:
+                continue
+            for out in reader.output:
+                if out and out not in seen:
+                    seen.add(out)
+                    frontier.append(out)
+    return False
+
+
+def _scorable(node: onnx.NodeProto, g: GraphIndex) -> bool:
+    if not g.is_activation(node.output[0]):
+        return False
+    if node.op_type == "Conv":
+        return True
+    # A hidden fully connected layer on (N, F) features with a constant weight.
+    return (
+        node.op_type in {"Gemm", "MatMul"}
+        and len(g.shapes[node.output[0]]) == 2
+        and node.input[1] in g.constants
+    )
+
+
+def find_score_points(model: onnx.ModelProto) -> list[ScorePoint]:
+    g = GraphIndex.build(model)
+    points = []
+    for node in g.nodes:
+        if not _scorable(node, g) or _reaches_output(g, node.output[0]):
+            continue
+        point = node.output[0]
+        readers = g.consumers.get(point, [])
+        if (
+            len(readers) == 1
+            and readers[0].op_type == "BatchNormalization"
+            and readers[0].input[0] == point
+            and point not in g.output_names
+            and len([o for o in readers[0].output if o]) == 1
+        ):
+            point = readers[0].output[0]
+        points.append(
+            ScorePoint(
+                layer=node.name,
+                point=point,
+                channels=g.width[point],
+                rank=len(g.shapes[point]),
+            )
+        )
+    if not points:
+        raise ChainxError(
+            "the model has no Conv layer with a known channel count, so there is nothing to "
+            "score. chainx extracts chains of convolutional filters."
+        )
+    return points
+
+
+def scored_model(
+    model: onnx.ModelProto,
+    points: list[ScorePoint],
+    multipliers: dict[str, np.ndarray] | None = None,
+) -> onnx.ModelProto:
+    """The model with a Mul after every score point.
+
+    Without `multipliers` each multiplier is a graph input of shape (1, C, 1, …), after the
+    image input, in the order of `points`; with them, each is a float32 constant.
+    """
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    graph = result.graph
+    renamed = {p.point: p.scored for p in points}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
+    for output in graph.output:
+        if output.name in renamed:
+            raise ChainxError(
+                f"the model output {output.name!r} is a Conv output; chainx needs a classifier "
+                "head after the last Conv."
+            )
+    position = {name: i for i, node in enumerate(graph.node) for name in node.output}
+    inserts = sorted(((position[p.point], p) for p in points), key=lambda item: -item[0])
+    for index, point in inserts:
+        mul = helper.make_node(
+            "Mul", [point.point, point.multiplier], [point.scored], name=point.multiplier
+        )
+        graph.node.insert(index + 1, mul)
+    for point in points:
+        shape = [1, point.channels] + [1] * (point.rank - 2)
+        if multipliers is None:
+            graph.input.append(
+                helper.make_tensor_value_info(point.multiplier, TensorProto.FLOAT, shape)
+            )
+        else:
+            value = np.asarray(multipliers[point.layer], np.float32).reshape(shape)
+            graph.initializer.append(numpy_helper.from_array(value, point.multiplier))
+    return onnx.shape_inference.infer_shapes(result, strict_mode=True)

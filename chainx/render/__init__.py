@@ -1,0 +1,1 @@
+"""What a person looks at: diagram, featuremaps, inference paths, filter sheets and report."""

@@ -1,0 +1,61 @@
+"""Layer-level views of the graph: short display names and the flow between scored layers."""
+
+from __future__ import annotations
+
+import re
+
+from chainx.onnx.graph import GraphIndex
+
+_RESNET = re.compile(r"layer(\d+)\.(\d+)\.(?:(conv)(\d+)|(downsample|shortcut))")
+
+
+def module_path(node_name: str) -> str:
+    """The dotted module path inside a torch-exported node name.
+
+    "/layer1/layer1.0/conv1/Conv" becomes "layer1.0.conv1"; other names pass unchanged.
+    """
+    parts = [p for p in node_name.split("/") if p]
+    if len(parts) < 2:
+        return node_name
+    path = ""
+    for part in parts[:-1]:
+        path = part if not path or part.startswith(path + ".") else f"{path}.{part}"
+    return path
+
+
+def display_name(node_name: str) -> str:
+    """ "L4B1C2" for torchvision's layer4.1.conv2 and "…SC" for a shortcut; else the path."""
+    path = module_path(node_name)
+    match = _RESNET.search(path)
+    if match:
+        stage, block, _, conv, _ = match.groups()
+        return f"L{stage}B{block}" + (f"C{conv}" if conv else "SC")
+    return ".".join(part.lstrip("_") for part in path.split("."))
+
+
+def display_names(node_names: list[str]) -> dict[str, str]:
+    names: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    for node in node_names:
+        name = display_name(node)
+        seen[name] = seen.get(name, 0) + 1
+        names[node] = name if seen[name] == 1 else f"{name}#{seen[name]}"
+    return names
+
+
+def layer_edges(g: GraphIndex, layers: list[str]) -> list[tuple[str, str]]:
+    """Edges between scored layers (and "input"/"output"), collapsing every other op."""
+    layer_set = set(layers)
+    # For every tensor: the nearest scored layers (or "input") upstream of it.
+    sources: dict[str, frozenset[str]] = {g.input_name: frozenset({"input"})}
+    edges: list[tuple[str, str]] = []
+    for node in g.nodes:
+        upstream = frozenset().union(*(sources.get(name, frozenset()) for name in node.input))
+        if node.name in layer_set:
+            edges += [(src, node.name) for src in sorted(sources.get(node.input[0], ()))]
+            upstream = frozenset({node.name})
+        for name in node.output:
+            sources[name] = upstream
+    for output in g.output_names:
+        edges += [(src, "output") for src in sorted(sources.get(output, ()))]
+    return list(dict.fromkeys(edges))

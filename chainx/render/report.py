@@ -1,0 +1,252 @@
+"""report.html: one self-contained page (images and SVG inline, no external URL) per chain."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from chainx.chain.verify import log_softmax
+from chainx.images import Preprocessing
+from chainx.render.featuremaps import displayable
+
+THUMBNAIL = 64
+
+
+@dataclass
+class Prediction:
+    path: Path
+    label: str
+    original: int
+    original_p: float
+    chain: int
+    chain_p: float
+    true_class: int | None = None  # the folder's class, when class names tell it
+
+    @property
+    def agrees(self) -> bool:
+        return self.original == self.chain
+
+    @property
+    def misclassified(self) -> bool | None:
+        """Whether the original model gets the image wrong (None: its class is unknown)."""
+        return None if self.true_class is None else self.original != self.true_class
+
+
+def class_of(label: str, class_names: list[str]) -> int | None:
+    """The class a folder name stands for: the same name, or its singular ("ants" → "ant")."""
+    wanted = {label.lower(), label.lower().removesuffix("s")}
+    for index, name in enumerate(class_names):
+        if name.lower() in wanted:
+            return index
+    return None
+
+
+def predictions(
+    paths: list[Path],
+    labels: list[str],
+    original: np.ndarray,
+    chain: np.ndarray,
+    kind: str,
+    class_names: list[str] | None = None,
+) -> list[Prediction]:
+    p, q = np.exp(log_softmax(original, kind)), np.exp(log_softmax(chain, kind))
+    return [
+        Prediction(
+            path,
+            label,
+            int(a.argmax()),
+            float(a.max()),
+            int(b.argmax()),
+            float(b.max()),
+            class_of(label, class_names) if class_names and label else None,
+        )
+        for path, label, a, b in zip(paths, labels, p, q, strict=True)
+    ]
+
+
+def _png(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _jpeg(image: Image.Image) -> str:
+    """Photographic strips as JPEG: a fifth of the PNG's size, so large chains open fast."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value))
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+    return f"<table class='facts'>{body}</table>"
+
+
+def _fidelity_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    for name in ("region", "holdout"):
+        f = metrics.get(name)
+        if not f:
+            continue
+        rows.append(
+            (
+                name,
+                f"top-1 agreement {f['agree']}/{f['images']} ({100 * f['agreement']:.1f} %), "
+                f"within the region's classes {f['class_agree']}/{f['images']}, "
+                f"mean KL {f['mean_kl']:.4f}",
+            )
+        )
+    return rows
+
+
+def _prediction_rows(
+    items: list[Prediction],
+    images: np.ndarray,
+    prep: Preprocessing,
+    class_names: list[str] | None,
+) -> str:
+    def name(index: int) -> str:
+        return f"{index} {class_names[index]}" if class_names else str(index)
+
+    rows = []
+    for item, image in zip(items, images, strict=True):
+        thumb = Image.fromarray(displayable(image, prep)).resize((THUMBNAIL, THUMBNAIL))
+        mark = "agree" if item.agrees else "disagree"
+        wrong = {None: "", True: " misclassified", False: ""}[item.misclassified]
+        notes = ("✓ agrees" if item.agrees else "✗ disagrees") + (
+            " · original misclassifies" if item.misclassified else ""
+        )
+        rows.append(
+            f"<tr class='{mark}{wrong}'><td><img src='{_png(thumb)}' width='{THUMBNAIL}' "
+            f"height='{THUMBNAIL}' alt='{_e(item.path.name)}'></td>"
+            f"<td>{_e(item.path.name)}</td><td>{_e(item.label or '—')}</td>"
+            f"<td>{_e(name(item.original))} ({item.original_p:.2f})</td>"
+            f"<td>{_e(name(item.chain))} ({item.chain_p:.2f})</td>"
+            f"<td>{_e(notes)}</td></tr>"
+        )
+    head = (
+        "<tr><th></th><th>image</th><th>folder</th><th>original top-1 (p)</th>"
+        "<th>chain top-1 (p)</th><th></th></tr>"
+    )
+    return f"<table class='predictions'>{head}{''.join(rows)}</table>"
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { font-size: 1.6em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.5em 0; }
+th, td { padding: 3px 8px; text-align: left; vertical-align: middle; }
+table.facts th { color: #555; font-weight: 600; }
+tr.disagree { background: #fde8e8; }
+tr.misclassified td:last-child { font-weight: 600; color: #92400e; }
+.diagram svg { max-width: 100%; height: auto; }
+.strip { overflow-x: auto; white-space: nowrap; }
+.strip img { height: 112px; image-rendering: auto; }
+.passed { color: #17803d; } .failed { color: #b91c1c; }
+"""
+
+
+# Marks the page once every inline image has decoded, so a headless browser can tell.
+CHECK_IMAGES = """
+window.addEventListener('load', () => {
+  const broken = [...document.images].filter(i => !i.complete || i.naturalWidth === 0);
+  document.body.dataset.images = broken.length ? 'broken:' + broken.length : 'ok';
+  if (broken.length) console.error('chainx report: ' + broken.length + ' images failed');
+});
+"""
+
+
+def write_report(
+    folder: Path,
+    data: dict[str, Any],
+    region: list[Prediction],
+    region_images: np.ndarray,
+    holdout: list[Prediction] | None,
+    holdout_images: np.ndarray | None,
+    prep: Preprocessing,
+    class_names: list[str] | None = None,
+) -> Path:
+    """Write `folder/report.html` from chain.json's data and the files beside it."""
+    summary, metrics = data["summary"], data["metrics"]
+    passed = metrics["exactness"]["passed"] and not metrics["exact_copies"]["mismatched"]
+    status = "passed" if passed else "failed"
+    facts = [
+        ("model", data["source"]["model"]),
+        ("region", data["source"]["images"]),
+        ("layers kept", f"{summary['layers_kept']}/{summary['layers_total']}"),
+        (
+            "filters kept",
+            f"{summary['filters_kept']:,}/{summary['filters_total']:,} "
+            f"({100 * summary['filters_removed_fraction']:.1f} % removed)",
+        ),
+        *_fidelity_rows(metrics),
+        ("verification", f"{status}: max |Δ| {metrics['exactness']['max_abs_diff']:.3g}"),
+    ]
+    cost = metrics["cost"]
+    cost_rows = [
+        (
+            key,
+            f"original {cost['original'][key]:,} · chain {cost['chain'][key]:,}"
+            if isinstance(cost["original"][key], int)
+            else f"original {cost['original'][key]:.3g} · chain {cost['chain'][key]:.3g}",
+        )
+        for key in ("parameters", "file_bytes", "latency_ms")
+    ]
+    svg = (folder / "chain.svg").read_text(encoding="utf-8")
+    svg = svg[svg.index("<svg") :]
+    paths = "".join(
+        f"<li>{_e(path['text'])} <small>(strength {path['strength']:.3g})</small></li>"
+        for path in data.get("paths", [])
+    )
+    strips = "".join(
+        f"<h3>{_e(layer['display'])}</h3><div class='strip'><img alt='{_e(layer['display'])}' "
+        f"src='{_jpeg(Image.open(folder / data['featuremaps'][layer['node']]))}'></div>"
+        for layer in data["layers"]
+        if layer["node"] in data.get("featuremaps", {})
+    )
+    sheets = "".join(
+        f"<h3>{_e(layer['display'])}</h3><img alt='top filters of {_e(layer['display'])}' "
+        f"src='{_jpeg(Image.open(folder / data['filters'][layer['node']]))}'>"
+        for layer in data["layers"]
+        if layer["node"] in data.get("filters", {})
+    )
+    sections = [
+        f"<h1>chainx · {_e(Path(data['source']['model']).name)}</h1>",
+        f"<p class='{status}'>verification {status}</p>",
+        "<h2>Summary</h2>",
+        _table(facts),
+        "<h2>Chain</h2>",
+        f"<div class='diagram'>{svg}</div>",
+        "<h2>Strongest inference paths</h2>",
+        f"<ol>{paths}</ol>" if paths else "<p>none</p>",
+        "<h2>Featuremaps (SMOE scale, from the chain)</h2>",
+        strips,
+        "<h2>Top filters (activation maximisation; the region image that excites each most, and "
+        "the crops where it peaks)</h2>",
+        sheets or "<p>not computed</p>",
+        "<h2>Predictions on the region</h2>",
+        _prediction_rows(region, region_images, prep, class_names),
+    ]
+    if holdout is not None and holdout_images is not None:
+        sections += ["<h2>Predictions on the holdout</h2>"]
+        sections += [_prediction_rows(holdout, holdout_images, prep, class_names)]
+    sections += ["<h2>Cost</h2>", _table(cost_rows)]
+    page = (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>chainx report</title><style>{STYLE}</style></head>"
+        f"<body>{''.join(sections)}<script>{CHECK_IMAGES}</script></body></html>"
+    )
+    path = folder / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path

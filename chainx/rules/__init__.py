@@ -1,1 +1,0 @@
-"""Channel rules by op family; `chainx.channel_rules` holds the registry."""

@@ -1,0 +1,145 @@
+"""The torch scoring model: the frozen network with one multiplier per filter.
+
+Each filter's multiplier is its score times its layer's sigmoid gate. The multipliers enter
+the converted network as extra inputs, at the Mul nodes that `score_points` inserts, so the
+torch model and the exported ONNX chain compute the very same graph.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from chainx.errors import ChainxError
+from chainx.onnx.score_points import ScorePoint, scored_model
+
+
+def output_kind(model: onnx.ModelProto) -> str:
+    """What the model's output holds, judged by the op that produces it."""
+    producer = {name: node for node in model.graph.node for name in node.output}
+    node = producer.get(model.graph.output[0].name)
+    if node is not None and node.op_type == "Softmax":
+        return "probabilities"
+    if node is not None and node.op_type == "LogSoftmax":
+        return "log-probabilities"
+    return "logits"
+
+
+def log_probabilities(output: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "probabilities":
+        return output.clamp_min(1e-12).log()
+    if kind == "log-probabilities":
+        return output
+    return torch.log_softmax(output, dim=-1)
+
+
+def check_convertible(model: onnx.ModelProto) -> None:
+    """Name every node onnx2torch has no converter for, all at once, before any long work."""
+    from onnx2torch.node_converters.registry import get_converter
+
+    version = next((o.version for o in model.opset_import if o.domain in {"", "ai.onnx"}), 0)
+    missing = []
+    for node in model.graph.node:
+        try:
+            get_converter(node.op_type, version, node.domain or "")
+        except NotImplementedError:
+            missing.append(
+                f"{node.name} ({node.domain + '.' if node.domain else ''}{node.op_type})"
+            )
+    if missing:
+        raise ChainxError(
+            f"{len(missing)} nodes use ops that chainx cannot run in torch (onnx2torch has no "
+            f"converter for them at opset {version}): {', '.join(missing[:20])}"
+            + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+            + ". Export the model with standard ONNX ops."
+        )
+
+
+def convert(model: onnx.ModelProto) -> nn.Module:
+    import onnx2torch  # imports torchvision: slow, so only where torch work starts
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = onnx2torch.convert(model)
+    except Exception as exc:
+        raise ChainxError(
+            f"onnx2torch cannot convert the model ({type(exc).__name__}: {exc}). "
+            "chainx needs every op of the model to be convertible to torch."
+        ) from None
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return module.eval()
+
+
+class ScoringModel(nn.Module):
+    """The original network, frozen, with learnable per-filter scores and per-layer gates."""
+
+    def __init__(
+        self, model: onnx.ModelProto, points: list[ScorePoint], gate_init: float = 3.0
+    ) -> None:
+        super().__init__()
+        self.points = points
+        self.net = convert(scored_model(model, points))
+        for buffer in self.net.buffers():
+            buffer.requires_grad_(False)
+        self.scores = nn.ParameterList(
+            [nn.Parameter(torch.ones(point.channels)) for point in points]
+        )
+        self.gate_init = gate_init
+        self.gates = nn.Parameter(torch.full((len(points),), gate_init))
+        self.masks = [torch.ones(point.channels, dtype=torch.bool) for point in points]
+        batch = model.graph.input[0].type.tensor_type.shape.dim[0]
+        # A model exported with a fixed batch (often 1) bakes it into its reshapes.
+        self.fixed_batch = batch.dim_value if batch.HasField("dim_value") else None
+
+    def multipliers(self) -> list[torch.Tensor]:
+        gates = torch.sigmoid(self.gates)
+        return [
+            score * gates[i] * mask.to(score.dtype)
+            for i, (score, mask) in enumerate(zip(self.scores, self.masks, strict=True))
+        ]
+
+    def run(self, x: torch.Tensor, multipliers: list[torch.Tensor]) -> torch.Tensor:
+        shaped = [
+            m.reshape(1, -1, *([1] * (point.rank - 2)))
+            for m, point in zip(multipliers, self.points, strict=True)
+        ]
+        with warnings.catch_warnings():
+            # onnx2torch's Slice indexes with a list; torch warns about it on every call.
+            warnings.filterwarnings("ignore", message="Using a non-tuple", category=UserWarning)
+            if self.fixed_batch and len(x) != self.fixed_batch:
+                chunks = torch.split(x, self.fixed_batch)
+                return torch.cat([self.net(chunk, *shaped) for chunk in chunks])
+            return self.net(x, *shaped)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x, self.multipliers())
+
+    def masked(self, images: np.ndarray, multipliers: dict[str, np.ndarray]) -> np.ndarray:
+        """The output for fixed multipliers, on the CPU: what chain.onnx must reproduce."""
+        self.to("cpu")
+        values = [
+            torch.from_numpy(np.asarray(multipliers[p.layer], np.float32)) for p in self.points
+        ]
+        with torch.no_grad():
+            return self.run(torch.from_numpy(images), values).numpy()
+
+    def unscored(self, x: torch.Tensor) -> torch.Tensor:
+        """The original network's output: every multiplier is exactly 1."""
+        ones = [torch.ones(point.channels, device=x.device) for point in self.points]
+        return self.run(x, ones)
+
+
+def masked_outputs(
+    model: onnx.ModelProto,
+    points: list[ScorePoint],
+    multipliers: dict[str, np.ndarray],
+    images: np.ndarray,
+) -> np.ndarray:
+    """The masked torch scoring model's output for fixed multipliers, on the CPU."""
+    return ScoringModel(model, points).masked(images, multipliers)

@@ -1,0 +1,337 @@
+"""NeuroChains score optimisation: sparse scores that keep the region's outputs.
+
+Phase 1 minimises KL(p_original ‖ p_scored) + λ·mean|score| with Adam under a cosine
+schedule, scores kept non-negative; the layer gates learn from the KL. λ grows
+geometrically over the phase (continuation), and a KL guard weakens it while the KL
+exceeds a budget. The scores are then thresholded (by τ, or to a budget reached
+gradually), and phase 2 fine-tunes the surviving scores with the mask fixed, adding a
+hinge on the original top-1 class's margin so that the chain keeps the original
+predictions.
+
+Why continuation: Adam gives every score a unit-size step. At the start the KL gradient is
+zero, so under a strong L1 all scores fall together; a deep network without normalisation
+(EfficientNet-Lite0: 49 convs, BN folded) then collapses before the KL can tell filters
+apart, and dead ReLUs stop it from recovering. A mild λ first separates the filters (about
+70% removed at full agreement there), and the growing λ then removes the rest.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from chainx.errors import ChainxError
+from chainx.scoring.model import ScoringModel, log_probabilities
+from chainx.scoring.settings import OptimiseResult, OptimiseSettings, StepReport
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ChainxError("--device cuda: torch sees no CUDA device. Use --device cpu or auto.")
+    return device
+
+
+def _jitter(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips and shifts of up to 1/8 of the size: views of the same region."""
+    size = images.shape[-1]
+    shift = max(1, size // 8)
+    flips = torch.rand(len(images), generator=generator) < 0.5
+    images = torch.where(flips[:, None, None, None].to(images.device), images.flip(-1), images)
+    padded = torch.nn.functional.pad(images, (shift,) * 4, mode="reflect")
+    offsets = torch.randint(0, 2 * shift + 1, (len(images), 2), generator=generator)
+    return torch.stack(
+        [
+            padded[i, :, dy : dy + images.shape[-2], dx : dx + size]
+            for i, (dy, dx) in enumerate(offsets.tolist())
+        ]
+    )
+
+
+class Objective:
+    """KL to the original outputs over the region, in batches, plus the L1 term."""
+
+    def __init__(
+        self,
+        scoring: ScoringModel,
+        images: torch.Tensor,
+        kind: str,
+        batch_size: int,
+        augment: bool,
+        seed: int,
+    ) -> None:
+        self.scoring = scoring
+        self.kind = kind
+        self.images = list(torch.split(images, batch_size))
+        self.augment = augment and images.shape[-1] >= 8
+        self.generator = torch.Generator().manual_seed(seed)
+        self.count = len(images)
+        self.fixed: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def _targets(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return log_probabilities(self.scoring.unscored(images), self.kind)
+
+    def _batches(self, augment: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The region in batches with the original's log-probabilities as targets.
+
+        Unjittered targets never change, so they are computed once.
+        """
+        if not augment:
+            if self.fixed is None:
+                self.fixed = [(images, self._targets(images)) for images in self.images]
+            return self.fixed
+        jittered = [_jitter(images, self.generator) for images in self.images]
+        return [(images, self._targets(images)) for images in jittered]
+
+    def step(
+        self,
+        lam: float = 0.0,
+        augment: bool = False,
+        hinge: float = 0.0,
+        margin: float = 0.0,
+        hold: float | None = None,
+    ) -> tuple[float, float, float]:
+        """Backward of the loss; returns (loss, kl, top-1 agreement).
+
+        The loss is KL + λ·mean|score| + hinge·mean(relu(rival − top + want)), where `top` is
+        the original's top-1 class, `rival` the best other class, and `want` the margin to
+        keep: `margin`, or with `hold` that fraction of the original's own margin, capped
+        at `margin`. The L1 is a mean over all filters so that one λ weighs the same on a
+        small and a large model.
+        """
+        kl_total, agree, hinge_total = 0.0, 0, 0.0
+        for batch, target in self._batches(augment and self.augment):
+            log_q = log_probabilities(self.scoring(batch), self.kind)
+            kl = (target.exp() * (target - log_q)).sum(dim=-1).sum() / self.count
+            if hinge:
+                top = target.argmax(-1, keepdim=True)
+                rivals = log_q.scatter(-1, top, float("-inf")).max(-1).values
+                gap = rivals - log_q.gather(-1, top).squeeze(-1)
+                want = torch.full_like(gap, margin)
+                if hold is not None:
+                    original_rivals = target.scatter(-1, top, float("-inf")).max(-1).values
+                    original_gap = target.gather(-1, top).squeeze(-1) - original_rivals
+                    want = torch.clamp(hold * original_gap, max=margin)
+                term = hinge * torch.relu(gap + want).sum() / self.count
+                hinge_total += float(term.detach())
+                kl = kl + term
+            if not torch.isfinite(kl):
+                raise ChainxError(
+                    "the KL divergence became NaN or Inf during optimisation. Check the "
+                    "images and preprocessing (--mean/--std), or lower --lam."
+                )
+            kl.backward()
+            kl_total += float(kl.detach())
+            agree += int((log_q.argmax(-1) == target.argmax(-1)).sum())
+        loss = kl_total
+        if lam:
+            scores = torch.cat(
+                [s * m for s, m in zip(self.scoring.scores, self.scoring.masks, strict=True)]
+            )
+            l1 = lam * scores.abs().mean()
+            l1.backward()
+            loss += float(l1.detach())
+        return loss, kl_total - hinge_total, agree / self.count
+
+
+def _kept(scoring: ScoringModel, tau: float) -> int:
+    with torch.no_grad():
+        return int(sum((m > tau).sum() for m in scoring.multipliers()))
+
+
+def _keep_top(scoring: ScoringModel, fraction: float, final: bool = False) -> None:
+    """Mask all but the `fraction` of filters with the largest multipliers.
+
+    Until the final cut a filter at zero stays unmasked, so that it can still come back.
+    """
+    with torch.no_grad():
+        values = [m.detach() for m in scoring.multipliers()]
+        flat = torch.cat(values)
+        budget = max(1, math.ceil(fraction * len(flat)))
+        keep = torch.zeros_like(flat, dtype=torch.bool)
+        keep[torch.topk(flat, budget).indices] = True  # exactly the budget, ties or not
+        if final:
+            keep &= flat > 0
+        scoring.masks = list(torch.split(keep, [len(v) for v in values]))
+
+
+def _gradual_keep(step: int, total: int, keep_ratio: float) -> float:
+    """The kept fraction at a step: 1 until 10% of the steps, the budget from 70% on.
+
+    Cubic in between, as in gradual magnitude pruning: large cuts early while many filters
+    are redundant, small ones late, so the scores can adapt to each cut.
+    """
+    start, end = 0.1 * total, 0.7 * total
+    progress = min(max((step - start) / max(end - start, 1), 0.0), 1.0)
+    return keep_ratio + (1 - keep_ratio) * (1 - progress) ** 3
+
+
+def _threshold(scoring: ScoringModel, settings: OptimiseSettings, by_budget: bool = True) -> None:
+    if settings.keep_ratio is not None and by_budget:
+        _keep_top(scoring, settings.keep_ratio, final=True)
+    else:
+        with torch.no_grad():
+            values = [m.detach() for m in scoring.multipliers()]
+            scoring.masks = [v > settings.tau for v in values]
+    if not any(mask.any() for mask in scoring.masks):
+        raise ChainxError(
+            f"every filter scored below the threshold τ={settings.tau}: λ={settings.lam} is "
+            f"too strong for this model. Try --lam {settings.lam / 4:g} or set --keep-ratio."
+        )
+
+
+def _finetune(
+    scoring: ScoringModel,
+    objective: Objective,
+    params: list[torch.Tensor],
+    settings: OptimiseSettings,
+    report: Callable[[str, int, int, float, float, float], None],
+    phase: str = "fine-tune",
+) -> list[torch.Tensor]:
+    """Fine-tune the kept scores, mask fixed; returns the best multipliers seen."""
+    adam = torch.optim.Adam(params, lr=settings.finetune_lr)
+    best: tuple[float, float, list[torch.Tensor]] | None = None
+    for step in range(settings.finetune_steps + 1):
+        adam.zero_grad()
+        loss, kl, agree = objective.step(
+            hinge=settings.hinge, margin=settings.margin, hold=settings.hold_margin
+        )
+        # Keep the best state seen: highest agreement, then lowest KL.
+        if best is None or (agree, -kl) > (best[0], -best[1]):
+            best = (agree, kl, [m.detach().clone() for m in scoring.multipliers()])
+        if step == settings.finetune_steps:
+            break
+        adam.step()
+        with torch.no_grad():
+            for score in scoring.scores:
+                score.clamp_(min=0.0)
+        report(phase, step + 1, settings.finetune_steps, loss, kl, agree)
+    return best[2]
+
+
+def _objective(
+    scoring: ScoringModel, images: np.ndarray, kind: str, settings: OptimiseSettings
+) -> Objective:
+    """The scoring model on the settings' device, and the region's objective there."""
+    device = torch.device(settings.device)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # shrinking scores make denormals, 3x slower steps
+    scoring.to(device)
+    return Objective(
+        scoring,
+        torch.from_numpy(images).to(device),
+        kind,
+        settings.batch_size,
+        settings.augment,
+        settings.seed,
+    )
+
+
+def optimise(
+    scoring: ScoringModel,
+    images: np.ndarray,
+    kind: str,
+    settings: OptimiseSettings,
+    on_step: Callable[[StepReport], None] = lambda report: None,
+) -> OptimiseResult:
+    torch.manual_seed(settings.seed)
+    started = time.perf_counter()
+    objective = _objective(scoring, images, kind, settings)
+    history: list[StepReport] = []
+
+    def report(phase: str, step: int, total: int, loss: float, kl: float, agree: float) -> None:
+        entry = StepReport(phase, step, total, loss, kl, _kept(scoring, settings.tau), agree)
+        history.append(entry)
+        on_step(entry)
+
+    params = [*scoring.scores, scoring.gates]
+    adam = torch.optim.Adam(params, lr=settings.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(adam, max(settings.steps, 1))
+    stable, previous, steps, strength = 0, None, 0, 1.0
+    for step in range(settings.steps):
+        adam.zero_grad()
+        # Continuation: λ grows geometrically, so the filters separate while the
+        # pressure is mild and the tail goes once the important ones are established.
+        lam = settings.lam * settings.lam_growth ** (step / settings.steps) * strength
+        loss, kl, agree = objective.step(
+            lam,
+            augment=True,
+            hinge=settings.hinge if settings.hold_margin is not None else 0.0,
+            margin=settings.margin,
+            hold=settings.hold_margin,
+        )
+        if settings.kl_budget is not None:
+            # The KL guard: back off fast when the region's outputs drift, recover otherwise.
+            drifting = kl > settings.kl_budget
+            strength = min(max(strength * (0.7 if drifting else 1.05), 1e-3), 1.0)
+        adam.step()
+        schedule.step()
+        with torch.no_grad():
+            for score in scoring.scores:
+                score.clamp_(min=0.0)
+        steps = step + 1
+        if settings.keep_ratio is not None and settings.gradual:
+            _keep_top(scoring, _gradual_keep(steps, settings.steps, settings.keep_ratio))
+        report("sparsify", steps, settings.steps, loss, kl, agree)
+        with torch.no_grad():
+            mask = torch.cat([m > settings.tau for m in scoring.multipliers()])
+        stable = stable + 1 if previous is not None and torch.equal(mask, previous) else 0
+        previous = mask
+        if stable >= settings.patience and steps >= 0.7 * settings.steps:
+            break
+
+    if settings.keep_ratio is not None and not settings.gradual:
+        # Fine-tune everything above τ first, then cut to the budget and fine-tune again:
+        # the scores the first fine-tuning settles rank the filters better than phase 1's.
+        _threshold(scoring, settings, by_budget=False)
+        _finetune(scoring, objective, params, settings, report)
+        _threshold(scoring, settings)
+        final = _finetune(scoring, objective, params, settings, report, "fine-tune (budget)")
+    else:
+        _threshold(scoring, settings)
+        final = _finetune(scoring, objective, params, settings, report)
+
+    gates = torch.sigmoid(scoring.gates).detach().cpu().numpy()
+    return OptimiseResult(
+        multipliers={
+            point.layer: m.cpu().numpy().astype(np.float32)
+            for point, m in zip(scoring.points, final, strict=True)
+        },
+        gates={point.layer: float(g) for point, g in zip(scoring.points, gates, strict=True)},
+        steps=steps,
+        finetune_steps=settings.finetune_steps,
+        seconds=time.perf_counter() - started,
+        history=history,
+    )
+
+
+def finetune_selection(
+    scoring: ScoringModel,
+    images: np.ndarray,
+    kind: str,
+    settings: OptimiseSettings,
+    selection: dict[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """Fine-tune the scores and gates of a fixed selection of filters, from 1, as phase 2
+    fine-tunes NeuroChains' own; a baseline given this differs from the chain only in which
+    filters it keeps."""
+    objective = _objective(scoring, images, kind, settings)
+    kept = [torch.from_numpy(selection[p.layer] != 0).to(settings.device) for p in scoring.points]
+    with torch.no_grad():
+        for score, mask in zip(scoring.scores, kept, strict=True):
+            score.copy_(mask.to(score.dtype))
+        scoring.gates.fill_(scoring.gate_init)
+    scoring.masks = kept
+    final = _finetune(
+        scoring, objective, [*scoring.scores, scoring.gates], settings, lambda *report: None
+    )
+    return {
+        point.layer: m.detach().cpu().numpy().astype(np.float32)
+        for point, m in zip(scoring.points, final, strict=True)
+    }

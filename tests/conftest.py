@@ -23,6 +23,7 @@ from chainx.channels.surgery import SurgeryResult, shrink
 from chainx.onnx.normalise import normalise
 from chainx.onnx.runtime import run, session
 from chainx.onnx.score_points import ScorePoint, find_score_points, scored_model
+from tools.torch_export import randomise_batchnorm
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -41,12 +42,7 @@ def export(
     """Export a module the way users' models arrive: TorchScript (dynamic batch) or dynamo."""
     torch.manual_seed(0)
     module.eval()
-    for layer in module.modules():
-        if isinstance(layer, nn.BatchNorm2d):
-            layer.running_mean.uniform_(-0.5, 0.5)
-            layer.running_var.uniform_(0.5, 2.0)
-            layer.weight.data.uniform_(0.5, 1.5)
-            layer.bias.data.uniform_(-0.5, 0.5)
+    randomise_batchnorm(module)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import tiny_model
 
 from chainx.onnx.graph import GraphIndex
@@ -22,8 +23,26 @@ def test_other_names_fall_back_to_the_module_path() -> None:
 
 
 def test_duplicate_display_names_are_made_unique() -> None:
-    names = display_names(["a/x/Conv", "b/x/Conv"])
-    assert len(set(names.values())) == 2
+    # "_conv" and "conv" both display as "conv"; later ones are numbered from 2, in order.
+    nodes = ["/layer1/layer1.0/conv1/Conv", "/_conv/Conv", "/conv/Conv", "/_conv/Conv_1"]
+    assert display_names(nodes) == {
+        "/layer1/layer1.0/conv1/Conv": "L1B0C1",
+        "/_conv/Conv": "conv",
+        "/conv/Conv": "conv#2",
+        "/_conv/Conv_1": "conv#3",
+    }
+
+
+@pytest.mark.parametrize("existing_first", [True, False])
+def test_numbered_names_do_not_take_an_existing_name(existing_first: bool) -> None:
+    # A node whose own name is "conv#2" keeps it; the duplicate takes the next free number.
+    duplicates = ["/conv/Conv", "/_conv/Conv"]
+    nodes = ["conv#2", *duplicates] if existing_first else [*duplicates, "conv#2"]
+    assert display_names(nodes) == {
+        "/conv/Conv": "conv",
+        "/_conv/Conv": "conv#3",
+        "conv#2": "conv#2",
+    }
 
 
 def test_edges_follow_the_residual_structure() -> None:

@@ -7,13 +7,9 @@ the models and the check; it also prints the table in docs/zoo.md.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from zoo import EXPORTERS, ZOO, check  # noqa: E402
+from tools.zoo import EXPORTERS, ZOO, check
 
 EXACTNESS = 1e-4  # relative to max |logit|, as in `chainx verify`
 

@@ -15,7 +15,6 @@ import argparse
 import io
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -23,14 +22,15 @@ import numpy as np
 import onnx
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from chainx.onnx.normalise import normalise
+from chainx.onnx.score_points import find_score_points
+from chainx.scoring.model import ScoringModel
+from chainx.scoring.optimise import Objective
 
-from torch_export import export_classifier  # noqa: E402
-
-from chainx.onnx.normalise import normalise  # noqa: E402
-from chainx.onnx.score_points import find_score_points  # noqa: E402
-from chainx.scoring.model import ScoringModel  # noqa: E402
-from chainx.scoring.optimise import Objective  # noqa: E402
+if __package__:  # imported as tools.bench_step
+    from tools.torch_export import export_classifier
+else:  # run as a script: tools/ is first on sys.path
+    from torch_export import export_classifier
 
 
 def torchvision_model(name: str, size: int) -> onnx.ModelProto:

@@ -24,11 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from chainx.scoring.settings import OptimiseSettings  # noqa: E402
-from chainx.sweep.plan import SweepConfig  # noqa: E402
-from chainx.sweep.run import run_sweep  # noqa: E402
+from chainx.scoring.settings import OptimiseSettings
+from chainx.sweep.plan import SweepConfig
+from chainx.sweep.run import run_sweep
 
 
 def timed_sweep(config: SweepConfig, trials: int, workers: int, ray: str | None) -> dict:

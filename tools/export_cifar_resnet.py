@@ -15,7 +15,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torch_export import export_and_check
+
+if __package__:  # imported as tools.export_cifar_resnet
+    from tools.torch_export import export_and_check
+else:  # run as a script: tools/ is first on sys.path
+    from torch_export import export_and_check
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)

@@ -19,8 +19,12 @@ from efficientnet_lite_pytorch import EfficientNet
 from onnx import numpy_helper
 from PIL import Image
 from torch import nn
-from torch_export import export_and_check
 from torchvision import transforms
+
+if __package__:  # imported as tools.export_efficientnet_lite0
+    from tools.torch_export import export_and_check
+else:  # run as a script: tools/ is first on sys.path
+    from torch_export import export_and_check
 
 # Sub-folder name -> ImageNet class index.
 HYMENOPTERA_CLASSES = {"ants": 310, "bees": 309}

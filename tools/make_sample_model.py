@@ -20,7 +20,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torch_export import export_and_check
+
+if __package__:  # imported as tools.make_sample_model
+    from tools.torch_export import export_and_check
+else:  # run as a script: tools/ is first on sys.path
+    from torch_export import export_and_check
 
 SEED = 0
 TEST_PER_CLASS = 100

@@ -34,6 +34,19 @@ def export_classifier(
         )
 
 
+def randomise_batchnorm(module: nn.Module) -> None:
+    """Trained-like BatchNorm statistics, so that BN does not map zero to zero.
+
+    Draws from torch's global generator, layer by layer in module order; callers seed it.
+    """
+    for layer in module.modules():
+        if isinstance(layer, nn.BatchNorm2d):
+            layer.running_mean.uniform_(-0.5, 0.5)
+            layer.running_var.uniform_(0.5, 2.0)
+            layer.weight.data.uniform_(0.5, 1.5)
+            layer.bias.data.uniform_(-0.5, 0.5)
+
+
 def export_and_check(model: nn.Module, probe: torch.Tensor, path: Path) -> onnx.ModelProto:
     """Export, run the full checker, and compare onnxruntime with torch on `probe`."""
     export_classifier(model, (1, *probe.shape[1:]), path)

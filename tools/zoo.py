@@ -31,6 +31,11 @@ from chainx.onnx.runtime import run, session
 from chainx.onnx.score_points import ScorePoint, find_score_points, scored_model
 from chainx.scoring.model import ScoringModel
 
+if __package__:  # imported as tools.zoo
+    from tools.torch_export import randomise_batchnorm
+else:  # run as a script: tools/ is first on sys.path
+    from torch_export import randomise_batchnorm
+
 # Architecture → input size. VGG's adaptive 7×7 pool needs a multiple of 7 at its input.
 ZOO = {
     "vgg11_bn": 224,
@@ -56,13 +61,7 @@ def build(name: str) -> nn.Module:
     torch.manual_seed(0)
     kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
     model = getattr(torchvision.models, name)(weights=None, **kwargs).eval()
-    for layer in model.modules():
-        if isinstance(layer, nn.BatchNorm2d):
-            # Trained-like statistics, so that BN does not map zero to zero.
-            layer.running_mean.uniform_(-0.5, 0.5)
-            layer.running_var.uniform_(0.5, 2.0)
-            layer.weight.data.uniform_(0.5, 1.5)
-            layer.bias.data.uniform_(-0.5, 0.5)
+    randomise_batchnorm(model)
     return model
 
 
@@ -110,8 +109,8 @@ def random_mask(
     for point in points[2::4][:4]:
         saved = multipliers[point.layer]
         multipliers[point.layer] = np.zeros_like(saved)
-        analysis = analyse_channels(GraphIndex.build(scored_model(model, points, multipliers)))
-        if not analysis.need[analysis.g.input_name].any():
+        states = analyse_channels(GraphIndex.build(scored_model(model, points, multipliers))).states
+        if not states.need[states.g.input_name].any():
             multipliers[point.layer] = saved
     return multipliers
 

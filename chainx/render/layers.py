@@ -34,12 +34,18 @@ def display_name(node_name: str) -> str:
 
 
 def display_names(node_names: list[str]) -> dict[str, str]:
+    """Short names, unique: a repeated one takes the next free `#n`."""
+    bases = {node: display_name(node) for node in node_names}
+    own = set(bases.values())  # a numbered repeat must not take a name some node has itself
     names: dict[str, str] = {}
-    seen: dict[str, int] = {}
-    for node in node_names:
-        name = display_name(node)
-        seen[name] = seen.get(name, 0) + 1
-        names[node] = name if seen[name] == 1 else f"{name}#{seen[name]}"
+    used: set[str] = set()
+    for node, base in bases.items():
+        name, number = base, 1
+        while name in used or (name != base and name in own):
+            number += 1
+            name = f"{base}#{number}"
+        names[node] = name
+        used.add(name)
     return names
 
 

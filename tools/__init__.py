@@ -1,0 +1,1 @@
+"""Scripts and their helpers; importable as `tools.<module>` from the repository root."""

@@ -1,3 +1,63 @@
-"""chainx: extract the local inference chain of a deep network as a standalone ONNX graph."""
+"""chainx: extract the local inference chain of a deep network as a standalone ONNX graph.
 
-__version__ = "0.1.0"
+    import chainx
+
+    result = chainx.extract("model.onnx", "region/", holdout="holdout/", keep_ratio=0.07)
+    result.chain                # onnx.ModelProto: the verified standalone chain
+    result.verification.passed  # exactness and exact copies
+    result.save("out/")         # the folder `chainx extract --out out/` writes
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from chainx.chain.result import ExtractResult, LayerResult
+from chainx.errors import ChainxError, VerificationError
+from chainx.scoring.settings import OptimiseSettings
+from chainx.settings import ExtractSettings, ReadSettings
+from chainx.version import __version__
+
+__all__ = [
+    "ChainxError",
+    "ExtractResult",
+    "ExtractSettings",
+    "LayerResult",
+    "OptimiseSettings",
+    "ReadSettings",
+    "VerificationError",
+    "__version__",
+    "extract",
+]
+
+
+def extract(
+    model: str | Path,
+    images: str | Path,
+    holdout: str | Path | None = None,
+    *,
+    out: str | Path | None = None,
+    force: bool = False,
+    **options: Any,  # noqa: ANN401
+) -> ExtractResult:
+    """Extract the chain of `model` on the region `images` (a folder of images, flat or one
+    sub-folder per class); `holdout`, unseen images of the same region, measures fidelity.
+
+    Every `chainx extract` option is a keyword named as its flag in snake_case: `size`,
+    `resize`, `mean`, `std` (sequences of floats), `keep_ratio`, `steps`, `finetune_steps`,
+    `hold_margin`, `filter_images`, `seed`, `device`, `input`, `output`, ... Nothing is
+    written unless `out` is given (or `result.save(...)` is called). A bad input raises
+    ChainxError with the message the CLI prints. The result is returned even when the
+    verification fails: check `result.verification.passed`.
+    """
+    from chainx.pipeline import extract as run_pipeline
+
+    return run_pipeline(
+        model,
+        images,
+        holdout,
+        settings=ExtractSettings.from_options(**options),
+        out=out,
+        force=force,
+    )

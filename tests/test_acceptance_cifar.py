@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import CHROMIUM, REPO, SHARED, assert_report_images_ok, assert_report_renders
 
-from chainx.pipeline import ExtractOptions, extract
-from chainx.scoring.settings import OptimiseSettings
+import chainx
 
 WEIGHTS = SHARED / "models" / "cifar10_resnet20.th"
 CIFAR = SHARED / "data" / "cifar10" / "test"
@@ -53,16 +52,16 @@ def test_resnet20_chain_removes_90_percent_and_keeps_the_region(
     resnet20: tuple[Path, Path], tmp_path: Path
 ) -> None:
     model, region = resnet20
-    options = ExtractOptions(
-        model=model,
-        images=region / "region",
-        holdout=region / "holdout",
+    data = chainx.extract(
+        model,
+        region / "region",
+        region / "holdout",
         out=tmp_path / "chain",
         resize=32,
         class_names=REPO / "tools" / "class_names" / "cifar10.txt",
-        optimise=OptimiseSettings(keep_ratio=0.07, finetune_steps=200),
-    )
-    data = extract(options).data
+        keep_ratio=0.07,
+        finetune_steps=200,
+    ).to_json()
     assert data["summary"]["filters_removed_fraction"] >= 0.90
     assert data["metrics"]["region"]["agree"] == 20
     assert data["metrics"]["exactness"]["passed"]

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import CHROMIUM, REPO, SHARED, assert_report_images_ok, assert_report_renders
 
-from chainx.pipeline import ExtractOptions, extract
-from chainx.scoring.settings import OptimiseSettings
+import chainx
 
 PHOTOS = SHARED / "data" / "hymenoptera"
 
@@ -47,29 +46,26 @@ def test_efficientnet_lite0_chain_removes_95_percent_and_keeps_19_of_20(tmp_path
         "--out",
         region,
     )
-    options = ExtractOptions(
-        model=model,
-        images=region / "region",
-        holdout=PHOTOS / "val",
+    data = chainx.extract(
+        model,
+        region / "region",
+        PHOTOS / "val",
         out=tmp_path / "chain",
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
         class_names=REPO / "tools" / "class_names" / "imagenet.txt",
-        optimise=OptimiseSettings(
-            lam=30.0,
-            lam_growth=80.0,
-            kl_budget=1.0,
-            steps=500,
-            tau=0.0,
-            keep_ratio=0.049,
-            gradual=False,
-            hinge=5.0,
-            hold_margin=0.5,
-            finetune_steps=150,
-            finetune_lr=0.01,
-        ),
-    )
-    data = extract(options).data
+        lam=30.0,
+        lam_growth=80.0,
+        kl_budget=1.0,
+        steps=500,
+        tau=0.0,
+        keep_ratio=0.049,
+        gradual=False,
+        hinge=5.0,
+        hold_margin=0.5,
+        finetune_steps=150,
+        finetune_lr=0.01,
+    ).to_json()
     assert data["summary"]["filters_removed_fraction"] >= 0.95
     assert data["metrics"]["region"]["agree"] >= 19
     assert data["metrics"]["exactness"]["passed"]

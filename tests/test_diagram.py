@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from chainx.chain.result import LayerGraph, LayerResult
-from chainx.render.diagram import DiagramError, chain_diagram, write_chain_diagram
+from chainx.errors import ChainxError
+from chainx.render.diagram import DiagramError, chain_diagram, render_chain_diagram
 
 SVG = "{http://www.w3.org/2000/svg}"
 XLINK_TITLE = "{http://www.w3.org/1999/xlink}title"
@@ -110,10 +111,20 @@ def edge_pairs(svg_path: Path) -> list[str]:
     return [g.find(f"{SVG}title").text for g in root.iter(f"{SVG}g") if g.get("class") == "edge"]
 
 
+def write_chain_diagram(
+    graph: LayerGraph, title: str, folder: Path, stem: str = "chain"
+) -> tuple[Path, Path]:
+    """The DOT source and SVG on disk, where the SVG parser and the assertions read them."""
+    source, svg = render_chain_diagram(graph, title)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.gv").write_text(source)
+    (folder / f"{stem}.svg").write_bytes(svg)
+    return folder / f"{stem}.gv", folder / f"{stem}.svg"
+
+
 @needs_dot
 def test_small_residual_svg(tmp_path):
     gv, svg = write_chain_diagram(small_residual(), "demo chain", tmp_path / "out")
-    assert gv == tmp_path / "out" / "chain.gv" and svg == tmp_path / "out" / "chain.svg"
     assert gv.read_text().startswith("digraph")
     nodes = svg_nodes(svg)
     text = {n.find(f"{SVG}title").text: node_texts(n) for n in nodes}
@@ -226,10 +237,11 @@ def test_special_characters_are_escaped(tmp_path):
     assert weird in [a.get(XLINK_TITLE) for a in root.iter(f"{SVG}a")]
 
 
-def test_missing_dot_raises_diagram_error(tmp_path, monkeypatch):
+def test_missing_dot_is_a_user_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    with pytest.raises(DiagramError, match="apt-get install graphviz"):
-        write_chain_diagram(small_residual(), "t", tmp_path)
+    with pytest.raises(DiagramError, match="apt-get install graphviz") as raised:
+        render_chain_diagram(small_residual(), "t")
+    assert isinstance(raised.value, ChainxError) and raised.value.exit_code == 2
 
 
 def test_unknown_edge_endpoint_is_rejected():

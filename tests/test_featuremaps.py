@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from PIL import Image
 from chainx.channels.surgery import shrink
 from chainx.images import Preprocessing
 from chainx.onnx.score_points import find_score_points, scored_model
-from chainx.render.featuremaps import layer_activations, normalised, smoe_scale, write_featuremaps
+from chainx.render.featuremaps import featuremap_strips, layer_activations, normalised, smoe_scale
 
 
 def test_smoe_scale_is_zero_where_channels_agree_and_high_where_one_fires() -> None:
@@ -42,9 +43,10 @@ def test_one_strip_per_retained_layer_from_the_chain(tmp_path: Path) -> None:
     for layer, values in activations.items():
         assert values.shape[0] == 3 and values.shape[1] <= (multipliers[layer] != 0).sum()
     prep = Preprocessing(size=8, resize=8, mean=(0.5,) * 3, std=(0.25,) * 3, channels=3)
-    written = write_featuremaps(activations, images, prep, {}, tmp_path)
-    assert set(written) == set(activations)
-    for name in written.values():
-        pixels = np.asarray(Image.open(tmp_path / name), np.float64)
+    strips = featuremap_strips(activations, images, prep, {})
+    assert set(strips) == set(activations)
+    for name, png in strips.values():
+        assert name.endswith(".png")
+        pixels = np.asarray(Image.open(io.BytesIO(png)), np.float64)
         assert pixels.shape == (112, 3 * 112, 3)
         assert np.isfinite(pixels).all() and pixels.std() > 1.0  # not blank

@@ -16,22 +16,14 @@ from conftest import (
     assert_report_renders,
 )
 
-from chainx.pipeline import ExtractOptions, extract
-from chainx.scoring.settings import OptimiseSettings
+import chainx
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("report") / "sample.chain"
-    extract(
-        ExtractOptions(
-            model=SAMPLE_MODEL,
-            images=SAMPLE_REGION,
-            holdout=SAMPLE_HOLDOUT,
-            out=out,
-            resize=28,
-            optimise=OptimiseSettings(steps=80, finetune_steps=10),
-        )
+    chainx.extract(
+        SAMPLE_MODEL, SAMPLE_REGION, SAMPLE_HOLDOUT, out=out, resize=28, steps=80, finetune_steps=10
     )
     return out / "report.html"
 

@@ -267,10 +267,15 @@ class ModelCost:
     latency_ms: float
 
 
-def model_cost(path: Path, image: np.ndarray, repeats: int = 20) -> ModelCost:
-    model = onnx.load(str(path))
-    parameters = int(sum(np.prod(init.dims) for init in model.graph.initializer))
-    sess = session(path, optimised=True, cpu=True)
+def model_cost(model: Path | onnx.ModelProto, image: np.ndarray, repeats: int = 20) -> ModelCost:
+    """Parameters, file size and median CPU latency (batch of `image`) of a file or a model
+    not yet written (its size is that of its serialised bytes)."""
+    if isinstance(model, Path):
+        proto, size = onnx.load(str(model)), model.stat().st_size
+    else:
+        proto, size = model, model.ByteSize()
+    parameters = int(sum(np.prod(init.dims) for init in proto.graph.initializer))
+    sess = session(model, optimised=True, cpu=True)
     name = sess.get_inputs()[0].name
     sess.run(None, {name: image})
     timings = []
@@ -278,4 +283,4 @@ def model_cost(path: Path, image: np.ndarray, repeats: int = 20) -> ModelCost:
         started = time.perf_counter()
         sess.run(None, {name: image})
         timings.append(time.perf_counter() - started)
-    return ModelCost(parameters, path.stat().st_size, 1000 * float(np.median(timings)))
+    return ModelCost(parameters, size, 1000 * float(np.median(timings)))

@@ -150,3 +150,14 @@ def scored_model(
             value = np.asarray(multipliers[point.layer], np.float32).reshape(shape)
             graph.initializer.append(numpy_helper.from_array(value, point.multiplier))
     return onnx.shape_inference.infer_shapes(result, strict_mode=True)
+
+
+def output_kind(model: onnx.ModelProto) -> str:
+    """What the model's output holds, judged by the op that produces it."""
+    producer = {name: node for node in model.graph.node for name in node.output}
+    node = producer.get(model.graph.output[0].name)
+    if node is not None and node.op_type == "Softmax":
+        return "probabilities"
+    if node is not None and node.op_type == "LogSoftmax":
+        return "log-probabilities"
+    return "logits"

@@ -2,41 +2,21 @@
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 from itertools import pairwise
-from pathlib import Path
 
 import graphviz
-import numpy as np
 
 from chainx.chain.result import LayerGraph, LayerResult
+from chainx.errors import ChainxError
+from chainx.render.html import escape as _e
+from chainx.render.html import viridis_hex
 
 INPUT = "input"
 OUTPUT = "output"
 MAX_CELLS = 16  # filter cells drawn per layer; the rest become "+N more"
 CELLS_PER_ROW = 8  # keeps layer nodes narrow enough to stack neatly
 
-# matplotlib's viridis sampled at 9 evenly spaced points: perceptually uniform and
-# readable in greyscale, so close scores look close.
-_VIRIDIS = np.array(
-    [
-        [int(c[i : i + 2], 16) for i in (1, 3, 5)]
-        for c in (
-            "#440154",
-            "#472c7a",
-            "#3b518b",
-            "#2c718e",
-            "#21908d",
-            "#27ad81",
-            "#5cc863",
-            "#aadc32",
-            "#fde725",
-        )
-    ],
-    dtype=float,
-)
-_STOPS = np.linspace(0.0, 1.0, len(_VIRIDIS))
 _LEGEND_STEPS = 10
 
 _FONT = "Helvetica"
@@ -50,7 +30,7 @@ PATHS_SHOWN = 3
 _PATH = "#d62728"
 
 
-class DiagramError(RuntimeError):
+class DiagramError(ChainxError):
     """The diagram could not be rendered (e.g. Graphviz's `dot` is not installed)."""
 
 
@@ -192,26 +172,25 @@ def _drop_long_implied(
     }
 
 
-def write_chain_diagram(
-    graph: LayerGraph, title: str, out_dir: Path, stem: str = "chain"
-) -> tuple[Path, Path]:
-    """Write `<stem>.gv` (DOT source) and `<stem>.svg` into out_dir; return both paths."""
+def render_chain_diagram(graph: LayerGraph, title: str) -> tuple[str, bytes]:
+    """The diagram's DOT source and its SVG."""
     dot = chain_diagram(graph, title)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    gv_path = out_dir / f"{stem}.gv"
-    svg_path = out_dir / f"{stem}.svg"
-    gv_path.write_text(dot.source, encoding="utf-8")
+    return dot.source, render_svg(dot)
+
+
+def render_svg(dot: graphviz.Digraph) -> bytes:
+    """Graphviz's SVG of `dot`; a missing or failing `dot` is a DiagramError (exit 2)."""
     try:
-        svg = dot.pipe(format="svg", engine="dot")
-    except graphviz.ExecutableNotFound as exc:
+        return dot.pipe(format="svg", engine="dot")
+    except graphviz.ExecutableNotFound:
         raise DiagramError(
             "Graphviz's `dot` executable was not found; install graphviz: apt-get install graphviz"
-        ) from exc
+        ) from None
     except graphviz.CalledProcessError as exc:
         stderr = exc.stderr.decode(errors="replace") if exc.stderr else ""
-        raise DiagramError(f"dot failed to render {gv_path}: {stderr.strip()}") from exc
-    svg_path.write_bytes(svg)
-    return gv_path, svg_path
+        raise DiagramError(
+            f"Graphviz's dot failed to render the diagram: {stderr.strip()}"
+        ) from None
 
 
 def _check(graph: LayerGraph) -> None:
@@ -242,8 +221,7 @@ def _boxes(layers: list[LayerResult]) -> list[_Box]:
 
 
 def _colour(t: float) -> str:
-    rgb = [np.interp(t, _STOPS, _VIRIDIS[:, k]) for k in range(3)]
-    return "#" + "".join(f"{round(float(c)):02x}" for c in rgb)
+    return viridis_hex(t)
 
 
 def _text_colour(fill: str) -> str:
@@ -256,10 +234,6 @@ def _text_colour(fill: str) -> str:
 
 def _scale(score: float, top: float) -> float:
     return min(max(score / top, 0.0), 1.0) if top > 0 else 0.0
-
-
-def _e(text: str) -> str:
-    return html.escape(text, quote=True)
 
 
 def _tip(text: str) -> str:

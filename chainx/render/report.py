@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import html
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from PIL import Image
 from chainx.chain.verify import log_softmax
 from chainx.images import Preprocessing
 from chainx.render.featuremaps import displayable
+from chainx.render.html import escape as _e
 
 THUMBNAIL = 64
 
@@ -82,10 +82,6 @@ def _jpeg(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value))
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -167,17 +163,18 @@ window.addEventListener('load', () => {
 """
 
 
-def write_report(
-    folder: Path,
+def report_html(
     data: dict[str, Any],
+    files: dict[str, bytes],
     region: list[Prediction],
     region_images: np.ndarray,
     holdout: list[Prediction] | None,
     holdout_images: np.ndarray | None,
     prep: Preprocessing,
     class_names: list[str] | None = None,
-) -> Path:
-    """Write `folder/report.html` from chain.json's data and the files beside it."""
+) -> str:
+    """report.html from chain.json's data and the files that go beside it (relative path →
+    content: chain.svg, the featuremap strips and the filter sheets)."""
     summary, metrics = data["summary"], data["metrics"]
     passed = metrics["exactness"]["passed"] and not metrics["exact_copies"]["mismatched"]
     status = "passed" if passed else "failed"
@@ -203,7 +200,7 @@ def write_report(
         )
         for key in ("parameters", "file_bytes", "latency_ms")
     ]
-    svg = (folder / "chain.svg").read_text(encoding="utf-8")
+    svg = files["chain.svg"].decode("utf-8")
     svg = svg[svg.index("<svg") :]
     paths = "".join(
         f"<li>{_e(path['text'])} <small>(strength {path['strength']:.3g})</small></li>"
@@ -211,13 +208,13 @@ def write_report(
     )
     strips = "".join(
         f"<h3>{_e(layer['display'])}</h3><div class='strip'><img alt='{_e(layer['display'])}' "
-        f"src='{_jpeg(Image.open(folder / data['featuremaps'][layer['node']]))}'></div>"
+        f"src='{_jpeg(_image(files[data['featuremaps'][layer['node']]]))}'></div>"
         for layer in data["layers"]
         if layer["node"] in data.get("featuremaps", {})
     )
     sheets = "".join(
         f"<h3>{_e(layer['display'])}</h3><img alt='top filters of {_e(layer['display'])}' "
-        f"src='{_jpeg(Image.open(folder / data['filters'][layer['node']]))}'>"
+        f"src='{_jpeg(_image(files[data['filters'][layer['node']]]))}'>"
         for layer in data["layers"]
         if layer["node"] in data.get("filters", {})
     )
@@ -242,11 +239,12 @@ def write_report(
         sections += ["<h2>Predictions on the holdout</h2>"]
         sections += [_prediction_rows(holdout, holdout_images, prep, class_names)]
     sections += ["<h2>Cost</h2>", _table(cost_rows)]
-    page = (
+    return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>chainx report</title><style>{STYLE}</style></head>"
         f"<body>{''.join(sections)}<script>{CHECK_IMAGES}</script></body></html>"
     )
-    path = folder / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+
+
+def _image(png: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(png))

@@ -18,45 +18,12 @@ from chainx.errors import ChainxError
 from chainx.onnx.score_points import ScorePoint, scored_model
 
 
-def output_kind(model: onnx.ModelProto) -> str:
-    """What the model's output holds, judged by the op that produces it."""
-    producer = {name: node for node in model.graph.node for name in node.output}
-    node = producer.get(model.graph.output[0].name)
-    if node is not None and node.op_type == "Softmax":
-        return "probabilities"
-    if node is not None and node.op_type == "LogSoftmax":
-        return "log-probabilities"
-    return "logits"
-
-
 def log_probabilities(output: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "probabilities":
         return output.clamp_min(1e-12).log()
     if kind == "log-probabilities":
         return output
     return torch.log_softmax(output, dim=-1)
-
-
-def check_convertible(model: onnx.ModelProto) -> None:
-    """Name every node onnx2torch has no converter for, all at once, before any long work."""
-    from onnx2torch.node_converters.registry import get_converter
-
-    version = next((o.version for o in model.opset_import if o.domain in {"", "ai.onnx"}), 0)
-    missing = []
-    for node in model.graph.node:
-        try:
-            get_converter(node.op_type, version, node.domain or "")
-        except NotImplementedError:
-            missing.append(
-                f"{node.name} ({node.domain + '.' if node.domain else ''}{node.op_type})"
-            )
-    if missing:
-        raise ChainxError(
-            f"{len(missing)} nodes use ops that chainx cannot run in torch (onnx2torch has no "
-            f"converter for them at opset {version}): {', '.join(missing[:20])}"
-            + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
-            + ". Export the model with standard ONNX ops."
-        )
 
 
 def convert(model: onnx.ModelProto) -> nn.Module:

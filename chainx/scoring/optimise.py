@@ -29,14 +29,6 @@ from chainx.scoring.model import ScoringModel, log_probabilities
 from chainx.scoring.settings import OptimiseResult, OptimiseSettings, StepReport
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ChainxError("--device cuda: torch sees no CUDA device. Use --device cpu or auto.")
-    return device
-
-
 def _jitter(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random horizontal flips and shifts of up to 1/8 of the size: views of the same region."""
     size = images.shape[-1]

@@ -31,12 +31,9 @@ Outcome = dict[str, Any] | TrialFailure
 
 
 def gpu_count() -> int:
-    try:
-        import torch
+    from chainx.scoring.device import gpu_count as torch_gpu_count  # torch loads here
 
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except ImportError:
-        return 0
+    return torch_gpu_count()
 
 
 def default_workers() -> int:
@@ -51,9 +48,9 @@ def _start_worker(gpus: Any, threads: int) -> None:
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    import torch
+    from chainx.scoring.device import set_threads  # torch loads here, after the environment
 
-    torch.set_num_threads(threads)
+    set_threads(threads)
 
 
 def _failure(spec: TrialSpec, error: BaseException) -> TrialFailure:

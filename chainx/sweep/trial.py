@@ -12,19 +12,14 @@ from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
-import onnx
 
-from chainx.chain.export import chain_summary, export_chain
-from chainx.chain.verify import Reference, verify_chain
-from chainx.channels.surgery import present_units
-from chainx.images import ImageSet, load_image_files, model_preprocessing
-from chainx.onnx.load import load_model, sha256_file
-from chainx.onnx.normalise import normalise
-from chainx.onnx.score_points import find_score_points
-from chainx.pipeline import class_names_from
+from chainx.chain.export import chain_summary
+from chainx.images import ImageSet, load_image_files
+from chainx.pipeline import build_chain, open_model, optimise_scores, original_outputs
 from chainx.render.layers import display_names
 from chainx.render.report import class_of
 from chainx.scoring import importance
+from chainx.settings import ReadSettings, read_class_names
 from chainx.sweep.plan import CHAIN, TrialSpec
 
 
@@ -36,38 +31,35 @@ def _accuracy(output: np.ndarray | None, labels: list[int | None]) -> float | No
 
 
 def run_trial(spec: TrialSpec) -> dict[str, Any]:
-    from chainx.scoring.model import ScoringModel, check_convertible, output_kind
-    from chainx.scoring.optimise import finetune_selection, optimise, resolve_device
+    from chainx.scoring.optimise import finetune_selection  # torch loads here
 
     started = time.perf_counter()
     config = spec.config
-    original = load_model(config.model)
-    normalised = normalise(original, config.input_name, config.output_name)
-    check_convertible(normalised)
-    prep = model_preprocessing(normalised, config.size, config.resize, config.mean, config.std)
+    read = ReadSettings(
+        size=config.size,
+        resize=config.resize,
+        mean=config.mean,
+        std=config.std,
+        strict=config.strict,
+        input_name=config.input_name,
+        output_name=config.output_name,
+        class_names=config.class_names,
+    )
+    source = open_model(config.model, read)
 
     def load(files: tuple[tuple[Any, str], ...]) -> ImageSet:
         paths, labels = [p for p, _ in files], [label for _, label in files]
-        return load_image_files(paths, labels, prep, config.strict)
+        return load_image_files(paths, labels, source.prep, config.strict)
 
     region = load(spec.region)
     holdout = load(spec.holdout) if spec.holdout else None
-    kind = output_kind(normalised)
-    points = find_score_points(normalised)
-    settings = replace(
-        config.optimise, seed=spec.seed, device=resolve_device(config.optimise.device)
-    )
-    scoring = ScoringModel(normalised, points)
-    result = optimise(scoring, region.array, kind, settings)
+    points = source.points
+    scores = optimise_scores(source, region, replace(config.optimise, seed=spec.seed))
+    result, settings, scoring = scores.result, scores.settings, scores.scoring
     optimise_s = time.perf_counter() - started
 
-    # Every chain keeps the normalised model's input and output names, so it names them.
-    reference = Reference(normalised, config.model, original, normalised)
-    original_outputs = (
-        reference.run(region.array),
-        reference.run(holdout.array) if holdout else None,
-    )
-    names = class_names_from(config.class_names)
+    originals = original_outputs(source, region, holdout)
+    names = read_class_names(config.class_names)
 
     def labels(images: ImageSet | None) -> list[int | None]:
         """Class indices of the folder labels: by --class-names, or folders named 0, 1, …"""
@@ -78,6 +70,7 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
         return [class_of(label, names) for label in images.labels]
 
     region_labels, holdout_labels = labels(region), labels(holdout)
+    normalised, kind = source.normalised, source.kind
     rankings = {
         "random": lambda: importance.random_order(points, spec.seed),
         "weight-l1": lambda: importance.weight_l1(normalised, points),
@@ -97,28 +90,14 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
             )
             finetuned.add(method)
 
-    digest = sha256_file(config.model)
     layer_names = display_names([p.layer for p in points])
     methods = {}
     for method, multipliers in candidates.items():
         mark = time.perf_counter()
-        surgery = export_chain(
-            normalised, points, multipliers, {"sha256": digest, "settings": {"method": method}}
+        chain = build_chain(
+            source, scoring, multipliers, region, holdout, {"method": method}, originals
         )
-        chain: onnx.ModelProto = surgery.model
-        verification = verify_chain(
-            chain,
-            config.model,
-            original,
-            normalised,
-            surgery.slices,
-            scoring.masked(region.array, multipliers),
-            region.array,
-            holdout.array if holdout else None,
-            kind,
-            original_outputs,
-        )
-        present = present_units(chain, surgery.slices, {p.layer: p.channels for p in points})
+        verification, present = chain.verification, chain.present
         outputs = verification.outputs
         methods[method] = {
             **chain_summary(multipliers, present),
@@ -150,8 +129,8 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
         "device": settings.device,
         "layers": [layer_names[p.layer] for p in points],
         "original_accuracy": {
-            "region": _accuracy(original_outputs[0], region_labels),
-            "holdout": _accuracy(original_outputs[1], holdout_labels),
+            "region": _accuracy(originals[0], region_labels),
+            "holdout": _accuracy(originals[1], holdout_labels),
         },
         "methods": methods,
         "optimise_s": optimise_s,

@@ -1,0 +1,108 @@
+"""What an extraction is asked to do, as plain data: how the inputs are read, how the scores
+are optimised, and what is drawn. The CLI, the Python API and sweep trials build these from
+the same option names (the `chainx extract` flags in snake_case)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from chainx.errors import ChainxError
+from chainx.scoring.settings import OptimiseSettings
+
+
+@dataclass(frozen=True)
+class ReadSettings:
+    """How the model and the images are read: the image input and class output of the model,
+    and the preprocessing (None: the model's input size, ImageNet's mean and std)."""
+
+    size: int | None = None
+    resize: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    strict: bool = False
+    input_name: str | None = None
+    output_name: str | None = None
+    class_names: Path | None = None
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    read: ReadSettings = field(default_factory=ReadSettings)
+    optimise: OptimiseSettings = field(default_factory=OptimiseSettings)
+    filter_images: int = 4
+
+    @classmethod
+    def from_options(cls, **options: Any) -> ExtractSettings:  # noqa: ANN401
+        """Settings from `chainx extract`'s options, named as its flags in snake_case
+        (`keep_ratio`, `hold_margin`, `input`, …); an option left out keeps its default."""
+        read_names = {f.name for f in fields(ReadSettings)}
+        optimise_names = set(OPTIMISE_OPTIONS)
+        read: dict[str, Any] = {}
+        optimise: dict[str, Any] = {}
+        rest: dict[str, Any] = {}
+        for name, value in options.items():
+            key = IO_OPTIONS.get(name, name)
+            if key in read_names:
+                read[key] = _read_value(key, value)
+            elif name in optimise_names:
+                optimise[name] = value
+            elif name == "filter_images":
+                rest[name] = int(value)
+            else:
+                raise ChainxError(
+                    f"unknown option {name!r}. The options are those of `chainx extract` in "
+                    f"snake_case: {', '.join(sorted(OPTION_NAMES))}."
+                )
+        return cls(
+            read=ReadSettings(**read),
+            optimise=replace(OptimiseSettings(), **optimise),
+            **rest,
+        )
+
+
+# The flags --input and --output name the model's image input and class output.
+IO_OPTIONS = {"input": "input_name", "output": "output_name"}
+OPTIMISE_OPTIONS = (
+    "lam",
+    "lam_growth",
+    "steps",
+    "finetune_steps",
+    "finetune_lr",
+    "tau",
+    "keep_ratio",
+    "kl_budget",
+    "gradual",
+    "hinge",
+    "hold_margin",
+    "seed",
+    "device",
+)
+OPTION_NAMES = (
+    {"size", "resize", "mean", "std", "strict", "class_names", "input", "output"}
+    | set(OPTIMISE_OPTIONS)
+    | {"filter_images"}
+)
+
+
+def _read_value(key: str, value: Any) -> Any:  # noqa: ANN401
+    if value is None:
+        return None
+    if key in {"mean", "std"}:
+        values = (value,) if isinstance(value, int | float) else tuple(value)
+        return tuple(float(v) for v in values)
+    if key == "class_names":
+        return Path(value)
+    return value
+
+
+def read_class_names(path: Path | None) -> list[str] | None:
+    """One class name per line, in the model's output order."""
+    if path is None:
+        return None
+    try:
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ChainxError(f"--class-names {path}: cannot be read ({exc}).") from None
+    return names

@@ -1,0 +1,123 @@
+"""The Python API: `chainx.extract` is the CLI's pipeline, writes nothing unless asked, and
+raises ChainxError with the CLI's messages."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import onnx
+import pytest
+from conftest import SAMPLE_HOLDOUT, SAMPLE_MODEL, SAMPLE_REGION
+from typer.testing import CliRunner
+
+import chainx
+from chainx.cli import app
+
+FAST = {"steps": 60, "finetune_steps": 10, "filter_images": 1}
+FAST_FLAGS = ["--steps", "60", "--finetune-steps", "10", "--filter-images", "1"]
+# What differs between two runs of the same extraction: when and how fast, and where.
+VOLATILE = {"created", "timings", "files"}
+
+
+def comparable(data: dict) -> dict:
+    data = {key: value for key, value in data.items() if key not in VOLATILE}
+    for side in ("original", "chain"):
+        data["metrics"]["cost"][side].pop("latency_ms")
+    return data
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> chainx.ExtractResult:
+    before = set(os.listdir(Path.cwd()))
+    made = chainx.extract(SAMPLE_MODEL, SAMPLE_REGION, holdout=SAMPLE_HOLDOUT, resize=28, **FAST)
+    assert set(os.listdir(Path.cwd())) == before, "extract without out= wrote something"
+    return made
+
+
+def test_the_result_holds_a_verified_chain(result: chainx.ExtractResult) -> None:
+    assert isinstance(result.chain, onnx.ModelProto)
+    onnx.checker.check_model(result.chain, full_check=True)
+    assert result.verification.passed
+    assert result.metrics["region"]["images"] == 20
+    assert result.metrics == result.to_json()["metrics"]
+    kept = sum(layer.kept for layer in result.layers)
+    assert kept == result.to_json()["summary"]["filters_kept"] > 0
+    assert [layer.display for layer in result.layers][0] == "conv1"
+    assert result.out is None
+
+
+def test_save_writes_what_the_cli_writes(result: chainx.ExtractResult, tmp_path: Path) -> None:
+    saved = result.save(tmp_path / "api")
+    cli = tmp_path / "cli"
+    flags = ["--holdout", str(SAMPLE_HOLDOUT), "--resize", "28", *FAST_FLAGS, "--out", str(cli)]
+    outcome = CliRunner().invoke(app, ["extract", str(SAMPLE_MODEL), str(SAMPLE_REGION), *flags])
+    assert outcome.exit_code == 0, outcome.output
+
+    def files(folder: Path) -> list[str]:
+        return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+    assert files(saved) == files(cli)
+    assert (saved / "chain.onnx").read_bytes() == (cli / "chain.onnx").read_bytes()
+    api_json = json.loads((saved / "chain.json").read_text())
+    cli_json = json.loads((cli / "chain.json").read_text())
+    assert comparable(api_json) == comparable(cli_json)
+    assert api_json["files"]["chain.onnx"] == str(saved / "chain.onnx")
+    assert result.to_json()["files"]["chain.onnx"] == str(saved / "chain.onnx")
+    for name in ("featuremaps", "filters"):
+        for png in (saved / name).iterdir():
+            assert png.read_bytes() == (cli / name / png.name).read_bytes()
+
+
+def test_save_refuses_a_foreign_folder_and_the_inputs(
+    result: chainx.ExtractResult, tmp_path: Path
+) -> None:
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(chainx.ChainxError, match="not an earlier chainx output"):
+        result.save(foreign)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+    result.save(foreign, force=True)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    assert (foreign / "chain.onnx").is_file()
+    with pytest.raises(chainx.ChainxError, match="inside the input"):
+        result.save(SAMPLE_REGION / "out")
+
+
+def test_out_writes_the_folder(tmp_path: Path) -> None:
+    out = tmp_path / "chain"
+    made = chainx.extract(
+        str(SAMPLE_MODEL), str(SAMPLE_REGION), out=str(out), resize=28, seed=1, **FAST
+    )
+    assert made.out == out
+    assert json.loads((out / "chain.json").read_text())["settings"]["seed"] == 1
+    assert (out / "report.html").stat().st_size > 10_000
+
+
+def test_a_bad_input_raises_the_cli_message(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(chainx.ChainxError) as raised:
+        chainx.extract(empty, SAMPLE_REGION)
+    outcome = CliRunner().invoke(app, ["extract", str(empty), str(SAMPLE_REGION)])
+    assert outcome.exit_code == 2
+    assert str(raised.value) in " ".join(outcome.output.split())
+
+
+def test_an_unknown_option_names_the_options() -> None:
+    with pytest.raises(chainx.ChainxError, match="unknown option 'keep_raito'.*keep_ratio"):
+        chainx.extract(SAMPLE_MODEL, SAMPLE_REGION, keep_raito=0.1)
+
+
+def test_settings_from_options_follow_the_flags() -> None:
+    settings = chainx.ExtractSettings.from_options(
+        keep_ratio=0.2, mean=[0.5, 0.5, 0.5], input="x", hold_margin=0.5, filter_images=0
+    )
+    assert settings.optimise.keep_ratio == 0.2
+    assert settings.optimise.hold_margin == 0.5
+    assert settings.read.mean == (0.5, 0.5, 0.5)
+    assert settings.read.input_name == "x"
+    assert settings.filter_images == 0
+    assert settings.optimise.steps == chainx.OptimiseSettings().steps

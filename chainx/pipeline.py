@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from chainx.version import __version__
 from chainx.chain.export import chain_summary, export_chain
 from chainx.chain.result import ExtractResult, LayerGraph, layer_results
 from chainx.chain.verify import ChainVerification, Reference, model_cost, verify_chain
@@ -37,6 +36,7 @@ from chainx.render.paths import link_weights, strongest_paths
 from chainx.render.report import predictions, report_html
 from chainx.scoring.settings import OptimiseResult, OptimiseSettings, StepReport
 from chainx.settings import ExtractSettings, ReadSettings, read_class_names
+from chainx.version import __version__
 
 if TYPE_CHECKING:
     from chainx.scoring.model import ScoringModel

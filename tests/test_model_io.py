@@ -303,7 +303,7 @@ def test_unconvertible_ops_are_all_named_before_any_work() -> None:
         """,
         {"w": (5, 3, 3, 3)},
     )
-    from chainx.scoring.model import check_convertible
+    from chainx.scoring.conversion import check_convertible
 
     with pytest.raises(ChainxError, match=r"2 nodes .*Mystery.*Enigma"):
         check_convertible(model)

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from chainx.version import __version__
 from chainx.channels.emitter import WeightSlice
 from chainx.channels.surgery import SurgeryResult, shrink
 from chainx.onnx.score_points import ScorePoint, scored_model
+from chainx.version import __version__
 
 
 def export_chain(

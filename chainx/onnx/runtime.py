@@ -5,11 +5,23 @@ inner tensors as well as the outputs."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+# What onnxruntime raises for a model it cannot load or run (an unknown op, a type or shape
+# it rejects, a kernel that fails on the data), as opposed to a fault in the calling code.
+MODEL_ERRORS = (
+    ort_state.Fail,
+    ort_state.InvalidArgument,
+    ort_state.InvalidGraph,
+    ort_state.NotImplemented,
+    ort_state.RuntimeException,
+)
 
 
 def providers() -> list[str]:
@@ -76,3 +88,47 @@ def run(
         for i in range(0, len(images), step)
     ]
     return np.concatenate(outputs).reshape(len(images), -1)
+
+
+def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+    """A copy of `model` that also outputs the inner tensors `names`, after its own outputs."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    present = {output.name for output in probe.graph.output}
+    probe.graph.output.extend(
+        onnx.helper.make_empty_tensor_value_info(name)
+        for name in dict.fromkeys(names)
+        if name not in present
+    )
+    return probe
+
+
+def tensor_batches(
+    sess: ort.InferenceSession, images: np.ndarray, names: list[str], batch_size: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """The tensors `names` for `images`, one batch at a time (the model's own batch size
+    where its input fixes one), for callers that reduce them as they go."""
+    if not names:  # onnxruntime would read an empty list as every output
+        return
+    model_input = sess.get_inputs()[0]
+    fixed = model_input.shape[0]
+    step = fixed if isinstance(fixed, int) else batch_size
+    for start in range(0, len(images), step):
+        values = sess.run(names, {model_input.name: images[start : start + step]})
+        yield dict(zip(names, values, strict=True))
+
+
+def run_tensors(
+    model: onnx.ModelProto,
+    images: np.ndarray,
+    names: Iterable[str],
+    batch_size: int = 32,
+    cpu: bool = False,
+) -> dict[str, np.ndarray]:
+    """Tensor name → its value on `images`: inner tensors as well as outputs, in one run."""
+    wanted = list(dict.fromkeys(names))
+    sess = session(with_outputs(model, wanted), cpu=cpu)
+    batches = list(tensor_batches(sess, images, wanted, batch_size))
+    if len(batches) == 1:  # as onnxruntime gave it: a scalar or a sequence cannot be joined
+        return batches[0]
+    return {name: np.concatenate([batch[name] for batch in batches]) for name in wanted}

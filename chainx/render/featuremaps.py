@@ -8,23 +8,18 @@ onnxruntime, on the kept channels only, after the layer's score.
 
 from __future__ import annotations
 
+import io
 import math
-from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper
 from PIL import Image
 
 from chainx.images import Preprocessing
-from chainx.onnx.runtime import session
+from chainx.onnx.runtime import run_tensors
 from chainx.onnx.score_points import SCORE_PREFIX
+from chainx.render.html import viridis
 
-# Viridis at five stops: dark blue (low) to yellow (high), readable in print and by most
-# colour-blind readers.
-VIRIDIS = np.array(
-    [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], np.float64
-)
 THUMBNAIL = 112
 
 
@@ -40,16 +35,8 @@ def layer_activations(chain: onnx.ModelProto, images: np.ndarray) -> dict[str, n
         for info in onnx.shape_inference.infer_shapes(chain).graph.value_info
     }
     spatial = {layer: name for layer, name in scored.items() if shapes.get(name) == 4}
-    probe = onnx.ModelProto()
-    probe.CopyFrom(chain)
-    probe.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in spatial.values())
-    sess = session(probe)
-    names = [o.name for o in sess.get_outputs()][1:]
-    runs = [sess.run(names, {sess.get_inputs()[0].name: image[None]}) for image in images]
-    return {
-        layer: np.concatenate([run[names.index(name)] for run in runs])
-        for layer, name in spatial.items()
-    }
+    values = run_tensors(chain, images, spatial.values(), batch_size=1)
+    return {layer: values[name] for layer, name in spatial.items()}
 
 
 def smoe_scale(activation: np.ndarray, epsilon: float = 1e-6) -> np.ndarray:
@@ -71,11 +58,7 @@ def normalised(scale: np.ndarray) -> np.ndarray:
 
 def colour(values: np.ndarray) -> np.ndarray:
     """[0, 1] → RGB (H, W, 3) uint8 on the viridis stops."""
-    position = np.clip(values, 0.0, 1.0) * (len(VIRIDIS) - 1)
-    low = np.floor(position).astype(int).clip(0, len(VIRIDIS) - 2)
-    weight = (position - low)[..., None]
-    rgb = VIRIDIS[low] * (1 - weight) + VIRIDIS[low + 1] * weight
-    return rgb.round().astype(np.uint8)
+    return viridis(values).round().astype(np.uint8)
 
 
 def displayable(image: np.ndarray, prep: Preprocessing) -> np.ndarray:
@@ -96,21 +79,19 @@ def overlay(image: np.ndarray, heat: np.ndarray, size: int = THUMBNAIL) -> Image
     return Image.blend(base.convert("RGB"), coloured, 0.55)
 
 
-def write_featuremaps(
+def featuremap_strips(
     activations: dict[str, np.ndarray],
     images: np.ndarray,
     prep: Preprocessing,
     names: dict[str, str],
-    folder: Path,
-) -> dict[str, str]:
+) -> dict[str, tuple[str, bytes]]:
     """One PNG strip per retained spatial layer: every region image with its SMOE map.
 
     `activations` are `layer_activations` of the chain on `images`. Returns layer node
-    name → file name inside `folder`.
+    name → (file name, PNG).
     """
-    folder.mkdir(parents=True, exist_ok=True)
     pictures = [displayable(image, prep) for image in images]
-    written: dict[str, str] = {}
+    strips: dict[str, tuple[str, bytes]] = {}
     for layer, activation in activations.items():
         tiles = [
             overlay(picture, normalised(smoe_scale(maps)))
@@ -119,11 +100,16 @@ def write_featuremaps(
         strip = Image.new("RGB", (THUMBNAIL * len(tiles), THUMBNAIL))
         for index, tile in enumerate(tiles):
             strip.paste(tile, (index * THUMBNAIL, 0))
-        file_name = f"{_safe(names.get(layer, layer))}.png"
-        strip.save(folder / file_name, optimize=True)
-        written[layer] = file_name
-    return written
+        strips[layer] = (f"{file_stem(names.get(layer, layer))}.png", png_bytes(strip))
+    return strips
 
 
-def _safe(name: str) -> str:
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def file_stem(name: str) -> str:
+    """A layer's display name as a safe file name."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_") or "layer"

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from chainx.onnx.runtime import session
+from chainx.onnx.runtime import session, with_outputs
 from chainx.onnx.score_points import SCORE_PREFIX
 
 BEAM = 64
@@ -35,26 +35,25 @@ class Path:
 
 def _probe(chain: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str], dict[str, np.ndarray]]:
     """The chain with its score constants as inputs and each scored tensor as an output."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(chain)
     scores = {
         node.name[len(SCORE_PREFIX) :]: (node.input[1], node.output[0])
-        for node in probe.graph.node
+        for node in chain.graph.node
         if node.name.startswith(SCORE_PREFIX)
     }
-    constants = {init.name: init for init in probe.graph.initializer}
+    constants = {init.name for init in chain.graph.initializer}
+    outputs = {
+        layer: scored for layer, (multiplier, scored) in scores.items() if multiplier in constants
+    }
+    probe = with_outputs(chain, outputs.values())
+    initializers = {init.name: init for init in probe.graph.initializer}
     values: dict[str, np.ndarray] = {}
-    outputs: dict[str, str] = {}
-    for layer, (multiplier, scored) in scores.items():
-        if multiplier not in constants:
-            continue
-        values[layer] = numpy_helper.to_array(constants[multiplier]).copy()
-        probe.graph.initializer.remove(constants[multiplier])
+    for layer in outputs:
+        multiplier = scores[layer][0]
+        values[layer] = numpy_helper.to_array(initializers[multiplier]).copy()
+        probe.graph.initializer.remove(initializers[multiplier])
         probe.graph.input.append(
             helper.make_tensor_value_info(multiplier, onnx.TensorProto.FLOAT, values[layer].shape)
         )
-        probe.graph.output.append(helper.make_empty_tensor_value_info(scored))
-        outputs[layer] = scored
     return probe, outputs, values
 
 

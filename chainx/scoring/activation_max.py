@@ -13,17 +13,16 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
-from onnx import helper
 from PIL import Image
 
 from chainx.images import Preprocessing
+from chainx.onnx.runtime import with_outputs
 from chainx.onnx.score_points import SCORE_PREFIX
-from chainx.render.featuremaps import displayable
+from chainx.render.featuremaps import displayable, file_stem, png_bytes
 
 # Colour correlation of natural images (square root of the RGB covariance), as in Lucid.
 COLOUR = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
@@ -42,18 +41,15 @@ def _probe(chain: onnx.ModelProto, layers: list[str]) -> tuple[torch.nn.Module, 
     """The chain converted to torch, with each scored layer's output as an extra output."""
     import onnx2torch
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(chain)
     scored = {
         n.name[len(SCORE_PREFIX) :]: n.output[0]
-        for n in probe.graph.node
+        for n in chain.graph.node
         if n.name.startswith(SCORE_PREFIX)
     }
     names = [scored[layer] for layer in layers]
-    probe.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in names)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        module = onnx2torch.convert(probe).eval()
+        module = onnx2torch.convert(with_outputs(chain, names)).eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)
     return module, names
@@ -148,21 +144,20 @@ def dataset_examples(
     return examples + crops
 
 
-def write_filter_sheets(
+def filter_sheets(
     chain: onnx.ModelProto,
     targets: list[Target],
     activations: dict[str, np.ndarray],
     images: np.ndarray,
     prep: Preprocessing,
     names: dict[str, str],
-    folder: Path,
     steps: int = 64,
-) -> dict[str, str]:
-    """Per layer one PNG: a row per top filter: its visualisation, the region image that
-    excites it most, and the three crops where it peaks."""
-    folder.mkdir(parents=True, exist_ok=True)
+) -> dict[str, tuple[str, bytes]]:
+    """Per layer one PNG (layer node name → (file name, PNG)): a row per top filter: its
+    visualisation, the region image that excites it most, and the three crops where it
+    peaks."""
     pictures = visualise(chain, targets, prep, steps=steps)
-    written: dict[str, str] = {}
+    sheets: dict[str, tuple[str, bytes]] = {}
     for layer in dict.fromkeys(t.layer for t in targets):
         rows = [(t, pictures[i]) for i, t in enumerate(targets) if t.layer == layer]
         sheet = Image.new("RGB", (TILE * 5 + 6, (TILE + 2) * len(rows)), "white")
@@ -172,7 +167,5 @@ def write_filter_sheets(
             examples = dataset_examples(activations[layer][:, target.position], images, prep)
             for column, crop in enumerate(examples, start=1):
                 sheet.paste(crop, (column * TILE + 6, top))
-        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in names.get(layer, layer))
-        sheet.save(folder / f"{name}.png", optimize=True)
-        written[layer] = f"{name}.png"
-    return written
+        sheets[layer] = (f"{file_stem(names.get(layer, layer))}.png", png_bytes(sheet))
+    return sheets

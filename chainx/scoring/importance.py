@@ -21,11 +21,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from chainx.errors import ChainxError
 from chainx.onnx.graph import GraphIndex, attributes
-from chainx.onnx.runtime import session
+from chainx.onnx.runtime import session, tensor_batches, with_outputs
 from chainx.onnx.score_points import ScorePoint
 
 if TYPE_CHECKING:
@@ -55,17 +54,11 @@ def mean_activation(
     model: onnx.ModelProto, points: list[ScorePoint], images: np.ndarray
 ) -> Importance:
     """Mean |activation| per unit at each score point, run in onnxruntime."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    wanted = [p.point for p in points if p.point not in {o.name for o in probe.graph.output}]
-    probe.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in wanted)
-    sess = session(probe)
-    names = [o.name for o in sess.get_outputs()]
+    names = [p.point for p in points]
+    sess = session(with_outputs(model, names))
     sums = {p.point: np.zeros(p.channels) for p in points}
     counts = {p.point: 0 for p in points}
-    for image in images:
-        outputs = sess.run(names, {sess.get_inputs()[0].name: image[None]})
-        values = dict(zip(names, outputs, strict=True))
+    for values in tensor_batches(sess, images, names, batch_size=1):
         for point in points:
             value = np.abs(values[point.point].astype(np.float64))
             per_unit = np.moveaxis(value, 1, 0).reshape(point.channels, -1)

@@ -13,6 +13,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from chainx.onnx.graph import GraphIndex, attributes, live_nodes, with_nodes
+from chainx.onnx.passes.base import ModelPass, PassResult
 
 
 def _shuffle_permutation(
@@ -39,34 +40,38 @@ def _shuffle_permutation(
     return (a * per_group + b).reshape(-1).astype(np.int64)
 
 
-def shuffles_to_gather(model: onnx.ModelProto) -> onnx.ModelProto:
-    g = GraphIndex.build(model)
-    replace: dict[str, onnx.NodeProto] = {}
-    drop: set[str] = set()
-    initializers = []
-    for first in g.nodes:
-        if first.op_type != "Reshape":
-            continue
-        readers = g.consumers.get(first.output[0], [])
-        if len(readers) != 1 or readers[0].op_type != "Transpose":
-            continue
-        transpose = readers[0]
-        after = g.consumers.get(transpose.output[0], [])
-        if len(after) != 1 or after[0].op_type != "Reshape":
-            continue
-        last = after[0]
-        perm = _shuffle_permutation(first, transpose, last, g)
-        if perm is None:
-            continue
-        index = f"{last.name}_shuffle_index"
-        initializers.append(numpy_helper.from_array(perm, index))
-        replace[last.name] = helper.make_node(
-            "Gather", [first.input[0], index], [last.output[0]], name=last.name, axis=1
-        )
-        drop.update({first.name, transpose.name})
-    if not replace:
-        return model
-    nodes = [replace.get(node.name, node) for node in model.graph.node if node.name not in drop]
-    # The shape arithmetic that fed the Reshapes is dead now.
-    nodes = live_nodes(nodes, [output.name for output in model.graph.output])
-    return with_nodes(model, nodes, initializers)
+class ShuffleToGather(ModelPass):
+    """Each Reshape → Transpose → Reshape channel shuffle becomes one Gather on axis 1."""
+
+    def call(self, model: onnx.ModelProto) -> PassResult:
+        g = GraphIndex.build(model)
+        replace: dict[str, onnx.NodeProto] = {}
+        drop: set[str] = set()
+        initializers = []
+        for first in g.nodes:
+            if first.op_type != "Reshape":
+                continue
+            readers = g.consumers.get(first.output[0], [])
+            if len(readers) != 1 or readers[0].op_type != "Transpose":
+                continue
+            transpose = readers[0]
+            after = g.consumers.get(transpose.output[0], [])
+            if len(after) != 1 or after[0].op_type != "Reshape":
+                continue
+            last = after[0]
+            perm = _shuffle_permutation(first, transpose, last, g)
+            if perm is None:
+                continue
+            index = f"{last.name}_shuffle_index"
+            initializers.append(numpy_helper.from_array(perm, index))
+            replace[last.name] = helper.make_node(
+                "Gather", [first.input[0], index], [last.output[0]], name=last.name, axis=1
+            )
+            drop.update({first.name, transpose.name})
+        if not replace:
+            return PassResult(model, modified=False)
+        graph = model.graph
+        nodes = [replace.get(node.name, node) for node in graph.node if node.name not in drop]
+        # The shape arithmetic that fed the Reshapes is dead now.
+        nodes = live_nodes(nodes, [output.name for output in graph.output])
+        return PassResult(with_nodes(model, nodes, initializers), modified=True)

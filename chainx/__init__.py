@@ -1,11 +1,8 @@
 """chainx: extract the local inference chain of a deep network as a standalone ONNX graph.
 
-    import chainx
-
-    result = chainx.extract("model.onnx", "region/", holdout="holdout/", keep_ratio=0.07)
-    result.chain                # onnx.ModelProto: the verified standalone chain
-    result.verification.passed  # exactness and exact copies
-    result.save("out/")         # the folder `chainx extract --out out/` writes
+`chainx.extract(model, images, ...)` runs the pipeline of `chainx extract` and returns an
+`ExtractResult`: the verified chain (`.chain`), its checks (`.verification`), `.metrics`,
+`.layers`, `.to_json()` and `.save(out)`. The README's "From Python" has an example.
 """
 
 from __future__ import annotations

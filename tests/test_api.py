@@ -121,3 +121,11 @@ def test_settings_from_options_follow_the_flags() -> None:
     assert settings.read.input_name == "x"
     assert settings.filter_images == 0
     assert settings.optimise.steps == chainx.OptimiseSettings().steps
+
+
+def test_without_dot_nothing_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    out = tmp_path / "chain"
+    with pytest.raises(chainx.ChainxError, match="install graphviz"):
+        chainx.extract(SAMPLE_MODEL, SAMPLE_REGION, out=out, resize=28, **FAST)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

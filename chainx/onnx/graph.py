@@ -37,13 +37,7 @@ class GraphIndex:
                 value = next((a for a in node.attribute if a.name == "value"), None)
                 if value is not None:
                     constants[node.output[0]] = numpy_helper.to_array(value.t)
-        shapes: dict[str, list[int | None]] = {}
-        for info in [*graph.input, *graph.value_info, *graph.output]:
-            tensor = info.type.tensor_type
-            if tensor.HasField("shape"):
-                shapes[info.name] = [
-                    d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim
-                ]
+        shapes = known_shapes(graph)
         input_name = next(i.name for i in graph.input if i.name not in constants)
         producer: dict[str, onnx.NodeProto] = {}
         consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
@@ -120,3 +114,15 @@ def with_nodes(
     result.graph.node.extend(nodes)
     result.graph.initializer.extend(initializers)
     return result
+
+
+def known_shapes(graph: onnx.GraphProto) -> dict[str, list[int | None]]:
+    """Tensor name → its dims as the graph's value infos give them (None where unknown)."""
+    shapes: dict[str, list[int | None]] = {}
+    for info in [*graph.input, *graph.value_info, *graph.output]:
+        tensor = info.type.tensor_type
+        if tensor.HasField("shape"):
+            shapes[info.name] = [
+                d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim
+            ]
+    return shapes

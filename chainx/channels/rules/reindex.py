@@ -47,7 +47,8 @@ class PadRule(Rule):
         return (
             pads[0] == 0
             and pads[rank] == 0
-            and ((mode == b"constant" and value_zero) or not pads_channels)
+            # A non-zero pad value would fill the border of a zero or constant channel.
+            and (value_zero if mode == b"constant" else not pads_channels)
         )
 
     def _head(self, node: onnx.NodeProto, g: GraphIndex) -> int:
@@ -130,7 +131,8 @@ class SliceRule(Rule):
         if 1 not in axes:
             return np.arange(width)
         i = int(np.flatnonzero(axes == 1)[0])
-        return np.arange(width)[slice(*slice(starts[i], ends[i], steps[i]).indices(width))]
+        # arange over the clamped bounds: a stop of -1 (down to channel 0) is no index.
+        return np.arange(*slice(starts[i], ends[i], steps[i]).indices(width))
 
     def zeros(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks) -> None:
         x, y = single_io(node, g)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import onnx
 from onnx import shape_inference
 
+from chainx.onnx.graph import known_shapes
 from chainx.onnx.passes.base import ModelPass, PassResult
 
 
@@ -30,12 +31,4 @@ def static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
 
     For passes that run before the model is clean enough for strict inference.
     """
-    graph = shape_inference.infer_shapes(model).graph
-    shapes: dict[str, list[int | None]] = {}
-    for info in [*graph.input, *graph.value_info, *graph.output]:
-        tensor = info.type.tensor_type
-        if tensor.HasField("shape"):
-            shapes[info.name] = [
-                d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim
-            ]
-    return shapes
+    return known_shapes(shape_inference.infer_shapes(model).graph)

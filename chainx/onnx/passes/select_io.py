@@ -23,11 +23,7 @@ class SelectIO(ModelPass):
     def call(self, model: onnx.ModelProto) -> PassResult:
         graph = model.graph
         outputs = [o.name for o in graph.output]
-        if self.output_name is not None and self.output_name not in outputs:
-            raise ChainxError(
-                f"--output {self.output_name!r} is not an output of the model; its outputs "
-                f"are {', '.join(outputs)}."
-            )
+        _check_named("--output", self.output_name, outputs, "output")
         if self.output_name is None and len(outputs) > 1:
             raise ChainxError(
                 f"the model has {len(outputs)} outputs ({', '.join(outputs)}): say which one "
@@ -40,11 +36,7 @@ class SelectIO(ModelPass):
         inputs = [i.name for i in graph.input if i.name not in initializers]
         read = {name for node in nodes for name in node.input} | {chosen}
         used = [name for name in inputs if name in read]
-        if self.input_name is not None and self.input_name not in inputs:
-            raise ChainxError(
-                f"--input {self.input_name!r} is not an input of the model; its inputs are "
-                f"{', '.join(inputs)}."
-            )
+        _check_named("--input", self.input_name, inputs, "input")
         if self.input_name is None and len(used) > 1:
             raise ChainxError(
                 f"the output {chosen!r} reads {len(used)} inputs ({', '.join(used)}): say "
@@ -67,3 +59,11 @@ class SelectIO(ModelPass):
         del graph.input[:]
         graph.input.extend(graph_inputs)
         return PassResult(model, modified=True)
+
+
+def _check_named(flag: str, name: str | None, names: list[str], kind: str) -> None:
+    """A name the user gave must be one of the model's inputs or outputs."""
+    if name is not None and name not in names:
+        raise ChainxError(
+            f"{flag} {name!r} is not an {kind} of the model; its {kind}s are {', '.join(names)}."
+        )

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from chainx.chain.result import ExtractResult, LayerResult
-from chainx.errors import ChainxError, VerificationError
+from chainx.errors import ChainxError
 from chainx.scoring.settings import OptimiseSettings
 from chainx.settings import ExtractSettings, ReadSettings
 from chainx.version import __version__
@@ -23,7 +23,6 @@ __all__ = [
     "LayerResult",
     "OptimiseSettings",
     "ReadSettings",
-    "VerificationError",
     "__version__",
     "extract",
 ]
@@ -48,7 +47,7 @@ def extract(
     ChainxError with the message the CLI prints. The result is returned even when the
     verification fails: check `result.verification.passed`.
     """
-    from chainx.pipeline import extract as run_pipeline
+    from chainx.extraction import extract as run_pipeline
 
     return run_pipeline(
         model,

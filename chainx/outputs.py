@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from chainx.errors import ChainxError
@@ -21,16 +22,36 @@ OUTPUT_FILES = ("chain.onnx", "chain.json", "chain.gv", "chain.svg", "report.htm
 OUTPUT_FOLDERS = ("featuremaps", "filters")
 
 
-def is_chainx_output(folder: Path) -> bool:
+@dataclass(frozen=True)
+class OutputLayout:
+    """What one command writes into its folder. `record` is the JSON file whose
+    "generator": "chainx" marks the folder as that command's own, so a rerun may replace it."""
+
+    record: str
+    files: tuple[str, ...]
+    folders: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> set[str]:
+        return {*self.files, *self.folders}
+
+
+EXTRACT_OUTPUT = OutputLayout("chain.json", OUTPUT_FILES, OUTPUT_FOLDERS)
+COMPARE_OUTPUT = OutputLayout("compare.json", ("compare.json", "compare.gv", "compare.svg"))
+
+
+def is_chainx_output(folder: Path, layout: OutputLayout = EXTRACT_OUTPUT) -> bool:
     try:
-        data = json.loads((folder / "chain.json").read_text())
+        data = json.loads((folder / layout.record).read_text())
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and data.get("generator") == "chainx"
 
 
-def check_output_dir(out: Path, force: bool, protected: list[Path]) -> None:
-    """Fail early when writing to `out` could lose the user's data."""
+def check_output_dir(
+    out: Path, force: bool, protected: list[Path], layout: OutputLayout = EXTRACT_OUTPUT
+) -> None:
+    """Fail early when writing `layout` to `out` could lose the user's data."""
     if out.exists() and not out.is_dir():
         raise ChainxError(f"--out {out}: exists and is not a folder. Choose another --out.")
     resolved = out.resolve()
@@ -40,11 +61,11 @@ def check_output_dir(out: Path, force: bool, protected: list[Path]) -> None:
             raise ChainxError(
                 f"--out {out}: is inside the input {path}. Choose a folder outside the inputs."
             )
-        if target.parent == resolved and target.name in OUTPUT_FILES:
+        if target.parent == resolved and target.name in layout.names:
             raise ChainxError(
                 f"--out {out}: writing there would replace the input {path}. Choose another --out."
             )
-    if out.is_dir() and any(out.iterdir()) and not is_chainx_output(out) and not force:
+    if out.is_dir() and any(out.iterdir()) and not is_chainx_output(out, layout) and not force:
         raise ChainxError(
             f"--out {out}: the folder is not empty and is not an earlier chainx output. "
             "Choose another --out, or pass --force to write into it."
@@ -74,8 +95,6 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 STAGE_PREFIX = ".chainx-stage-"
-
-
 OLD_PREFIX = ".chainx-old-"
 
 
@@ -98,13 +117,14 @@ def _exchange(first: Path, second: Path) -> bool:
 class OutputStage:
     """Files are written into `path`, a hidden folder beside `out`; `publish` puts them in.
 
-    When `out` holds only chainx's own files (or does not exist), the staging folder
+    When `out` holds only the files of `layout` (or does not exist), the staging folder
     replaces it whole. A folder with other files in it (--force) gets each file replaced
     atomically instead, and the user's files stay.
     """
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, layout: OutputLayout = EXTRACT_OUTPUT) -> None:
         self.out = out
+        self.layout = layout
         out.parent.mkdir(parents=True, exist_ok=True)
         for stale in out.parent.glob(f"{STAGE_PREFIX}{out.name}-*"):
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed run
@@ -114,8 +134,7 @@ class OutputStage:
         os.chmod(self.path, 0o777 & ~_umask())
 
     def _only_ours(self) -> bool:
-        ours = {*OUTPUT_FILES, *OUTPUT_FOLDERS}
-        return all(entry.name in ours for entry in self.out.iterdir())
+        return all(entry.name in self.layout.names for entry in self.out.iterdir())
 
     def publish(self) -> None:
         if not self.out.exists():
@@ -124,7 +143,7 @@ class OutputStage:
         if not self._only_ours():
             for entry in sorted(self.path.iterdir()):
                 target = self.out / entry.name
-                if target.is_dir() and entry.name in OUTPUT_FOLDERS:
+                if target.is_dir() and entry.name in self.layout.folders:
                     shutil.rmtree(target)
                 os.replace(entry, target)
             self.discard()

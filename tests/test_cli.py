@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -74,6 +75,13 @@ def test_verify_an_output_folder(extracted: Path) -> None:
 def test_verify_with_explicit_model_and_images(extracted: Path) -> None:
     result = invoke("verify", extracted / "chain.onnx", SAMPLE_MODEL, SAMPLE_REGION)
     assert result.exit_code == 0, result.output
+    saved = json.loads((extracted / "chain.json").read_text())
+    summary, region = saved["summary"], saved["metrics"]["region"]
+    output = " ".join(result.output.split())
+    assert "verification passed" in output and "weights checked bit for bit" in output
+    assert f"layers kept {summary['layers_kept']}/{summary['layers_total']}" in output
+    assert f"filters kept {summary['filters_kept']:,}/{summary['filters_total']:,}" in output
+    assert f"region: top-1 agreement {region['agree']}/{region['images']}" in output
 
 
 def test_verify_fails_with_exit_1_on_a_corrupted_chain(extracted: Path, tmp_path: Path) -> None:
@@ -139,9 +147,14 @@ def test_bad_mean_is_a_user_error(tmp_path: Path) -> None:
     assert "--mean" in result.output
 
 
-def test_an_earlier_output_is_replaced_without_force(extracted: Path) -> None:
-    result = invoke("extract", SAMPLE_MODEL, SAMPLE_REGION, "--out", extracted, *QUICK)
+def test_an_earlier_output_is_replaced_without_force(extracted: Path, tmp_path: Path) -> None:
+    earlier = tmp_path / "earlier.chain"
+    shutil.copytree(extracted, earlier)
+    result = invoke("extract", SAMPLE_MODEL, SAMPLE_REGION, "--out", earlier, "--seed", "1", *QUICK)
     assert result.exit_code == 0, result.output
+    assert json.loads((earlier / "chain.json").read_text())["settings"]["seed"] == 1
+    assert sorted(p.name for p in earlier.iterdir()) == sorted(p.name for p in extracted.iterdir())
+    assert [p.name for p in tmp_path.iterdir()] == ["earlier.chain"]  # no staging left behind
 
 
 def test_verify_against_another_model_file_says_why_it_fails(

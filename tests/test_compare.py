@@ -70,3 +70,51 @@ def test_chains_of_different_models_do_not_compare(
     assert result.exit_code == 2 and "different models" in result.output
     result = invoke("compare", a, tmp_path)
     assert result.exit_code == 2 and "not a chainx output" in result.output
+
+
+def test_a_rerun_replaces_an_earlier_comparison_whole(
+    chains: tuple[Path, Path], tmp_path: Path
+) -> None:
+    a, b = chains
+    out = tmp_path / "diff"
+    assert invoke("compare", a, b, "--out", out).exit_code == 0
+    (out / "compare.json").write_text(json.dumps({"generator": "chainx", "stale": True}))
+    result = invoke("compare", a, b, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["compare.gv", "compare.json", "compare.svg"]
+    assert "stale" not in json.loads((out / "compare.json").read_text())
+    assert [p.name for p in tmp_path.iterdir()] == ["diff"]  # no staging left behind
+
+
+def test_a_foreign_folder_is_refused_and_with_force_keeps_its_files(
+    chains: tuple[Path, Path], tmp_path: Path
+) -> None:
+    a, b = chains
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    result = invoke("compare", a, b, "--out", out)
+    assert result.exit_code == 2 and "--force" in result.output
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    result = invoke("compare", a, b, "--out", out, "--force")
+    assert result.exit_code == 0, result.output
+    assert (out / "notes.txt").read_text() == "precious"
+    assert {"compare.json", "compare.gv", "compare.svg"} <= {p.name for p in out.iterdir()}
+
+
+def test_without_graphviz_compare_says_what_to_install(
+    chains: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = chains
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    result = invoke("compare", a, b, "--out", tmp_path / "diff")
+    assert result.exit_code == 2, result.output
+    assert "apt-get install graphviz" in result.output and "internal error" not in result.output
+    assert not (tmp_path / "diff").exists()
+
+
+def test_a_comparison_is_not_a_chain(chains: tuple[Path, Path], tmp_path: Path) -> None:
+    a, b = chains
+    assert invoke("compare", a, b, "--out", tmp_path / "diff").exit_code == 0
+    result = invoke("compare", a, tmp_path / "diff" / "compare.json")
+    assert result.exit_code == 2 and "not a chainx output" in result.output

@@ -15,7 +15,13 @@ import pytest
 from conftest import SAMPLE_MODEL, SAMPLE_REGION
 
 from chainx.errors import ChainxError
-from chainx.outputs import OUTPUT_FILES, OutputStage, check_output_dir, write_atomic
+from chainx.outputs import (
+    COMPARE_OUTPUT,
+    OUTPUT_FILES,
+    OutputStage,
+    check_output_dir,
+    write_atomic,
+)
 
 
 def test_new_and_empty_folders_are_fine(tmp_path: Path) -> None:
@@ -33,6 +39,19 @@ def test_foreign_folder_needs_force(tmp_path: Path) -> None:
 def test_an_earlier_chainx_output_may_be_replaced(tmp_path: Path) -> None:
     (tmp_path / "chain.json").write_text(json.dumps({"generator": "chainx"}))
     check_output_dir(tmp_path, force=False, protected=[])
+
+
+def test_each_command_replaces_only_its_own_earlier_output(tmp_path: Path) -> None:
+    extract_out, compare_out = tmp_path / "extract", tmp_path / "compare"
+    extract_out.mkdir()
+    compare_out.mkdir()
+    (extract_out / "chain.json").write_text(json.dumps({"generator": "chainx"}))
+    (compare_out / "compare.json").write_text(json.dumps({"generator": "chainx"}))
+    check_output_dir(compare_out, force=False, protected=[], layout=COMPARE_OUTPUT)
+    with pytest.raises(ChainxError, match="--force"):
+        check_output_dir(extract_out, force=False, protected=[], layout=COMPARE_OUTPUT)
+    with pytest.raises(ChainxError, match="--force"):
+        check_output_dir(compare_out, force=False, protected=[])
 
 
 def test_inputs_are_protected_even_with_force(tmp_path: Path) -> None:
@@ -69,6 +88,23 @@ def test_a_stage_replaces_an_earlier_output_whole(tmp_path: Path) -> None:
     _stage_with(out, "second").publish()
     assert all((out / name).read_text() == "second" for name in OUTPUT_FILES)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.chain"]  # nothing left over
+
+
+def test_a_compare_stage_replaces_its_own_files_and_keeps_a_chains(tmp_path: Path) -> None:
+    for text in ("first", "second"):
+        stage = OutputStage(tmp_path / "diff", COMPARE_OUTPUT)
+        for name in COMPARE_OUTPUT.files:
+            (stage.path / name).write_text(text)
+        stage.publish()
+    assert {p.read_text() for p in (tmp_path / "diff").iterdir()} == {"second"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["diff"]
+    chain = _stage_with(tmp_path / "chain", "chain")
+    chain.publish()
+    stage = OutputStage(tmp_path / "chain", COMPARE_OUTPUT)
+    (stage.path / "compare.json").write_text("comparison")
+    stage.publish()  # a forced compare into a chain's folder: the chain's files stay
+    assert all((tmp_path / "chain" / name).read_text() == "chain" for name in OUTPUT_FILES)
+    assert (tmp_path / "chain" / "compare.json").read_text() == "comparison"
 
 
 def test_a_forced_folder_keeps_the_users_files(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from chainx.scoring.settings import OptimiseSettings
+from chainx.settings import ReadSettings
 from chainx.sweep.plan import SweepConfig
 from chainx.sweep.run import run_sweep
 
@@ -81,8 +82,7 @@ def main() -> None:
         holdout_data=args.holdout_data,
         per_class=args.per_class,
         holdout_per_class=args.holdout_per_class,
-        resize=args.resize,
-        class_names=args.class_names,
+        read=ReadSettings(resize=args.resize, class_names=args.class_names),
         optimise=OptimiseSettings(
             steps=args.steps, finetune_steps=args.finetune_steps, keep_ratio=args.keep_ratio
         ),

@@ -11,11 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import graphviz
-
 from chainx.errors import ChainxError
-
-SHARED, ONLY_A, ONLY_B = "#5ec962", "#3b528b", "#f28e2b"
+from chainx.version import __version__
 
 
 @dataclass
@@ -51,6 +48,8 @@ class Comparison:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "generator": "chainx",
+            "version": __version__,
             "a": self.a,
             "b": self.b,
             "filters": {
@@ -72,7 +71,8 @@ def read_chain(path: Path) -> dict[str, Any]:
         raise ChainxError(
             f"{path}: not a chainx output ({exc}). Give a folder written by chainx extract."
         ) from None
-    if not isinstance(data, dict) or data.get("generator") != "chainx":
+    # compare.json is chainx's too, but has no chain in it.
+    if not isinstance(data, dict) or data.get("generator") != "chainx" or "source" not in data:
         raise ChainxError(f"{path}: not a chainx output. Give a folder written by chainx extract.")
     return data
 
@@ -102,48 +102,3 @@ def compare(a: Path, b: Path) -> Comparison:
         )
     edges = [tuple(edge) for edge in first.get("edges", [])]
     return Comparison(a=str(a), b=str(b), layers=layers, edges=edges)
-
-
-def comparison_diagram(comparison: Comparison, label_a: str, label_b: str) -> graphviz.Digraph:
-    """Every layer kept by either chain: its filters shared, only in A, only in B."""
-    dot = graphviz.Digraph(name="compare")
-    dot.attr("graph", rankdir="TB", fontname="Helvetica", labelloc="t", nodesep="0.3")
-    dot.attr(
-        "graph",
-        label=f"<<B>{_e(label_a)}</B> vs <B>{_e(label_b)}</B><BR/>"
-        f'<FONT POINT-SIZE="11">filters shared {comparison.filters_shared:,} · '
-        f"overlap (Jaccard) {comparison.filter_jaccard:.2f}</FONT>>",
-    )
-    dot.attr("node", fontname="Helvetica", shape="plain")
-    dot.attr("edge", color="#555555", arrowsize="0.6")
-    ids = {layer.node: f"layer{i}" for i, layer in enumerate(comparison.layers)}
-    kept = {layer.node for layer in comparison.layers if layer.kept_a or layer.kept_b}
-    for layer in comparison.layers:
-        if layer.node in kept:
-            dot.node(ids[layer.node], _label(layer, label_a, label_b), tooltip=layer.node)
-    for src, dst in comparison.edges:
-        if src in kept and dst in kept:
-            dot.edge(ids[src], ids[dst])
-    return dot
-
-
-def _label(layer: LayerOverlap, label_a: str, label_b: str) -> str:
-    cells = [
-        (SHARED, f"shared {layer.shared}", layer.shared),
-        (ONLY_A, f"{label_a} only {layer.kept_a - layer.shared}", layer.kept_a - layer.shared),
-        (ONLY_B, f"{label_b} only {layer.kept_b - layer.shared}", layer.kept_b - layer.shared),
-    ]
-    row = "".join(
-        f'<TD BGCOLOR="{colour}"><FONT COLOR="white" POINT-SIZE="9">{_e(text)}</FONT></TD>'
-        for colour, text, count in cells
-        if count
-    )
-    return (
-        '<<TABLE BORDER="1" CELLBORDER="0" CELLSPACING="2" STYLE="ROUNDED">'
-        f'<TR><TD COLSPAN="3"><B>{_e(layer.display)}</B> '
-        f'<FONT COLOR="#555555">/{layer.total}</FONT></TD></TR><TR>{row}</TR></TABLE>>'
-    )
-
-
-def _e(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import numpy as np
 from chainx.errors import ChainxError
 from chainx.images import find_images
 from chainx.scoring.settings import OptimiseSettings
+from chainx.settings import ReadSettings
 
 BASELINES = ("random", "weight-l1", "activation", "taylor", "unscaled")
 CHAIN = "neurochains"
@@ -29,25 +30,21 @@ class SweepConfig:
     seed: int = 0
     baselines: tuple[str, ...] = BASELINES
     finetune_baselines: bool = False
-    size: int | None = None
-    resize: int | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    strict: bool = False
-    class_names: Path | None = None
-    input_name: str | None = None
-    output_name: str | None = None
+    read: ReadSettings = field(default_factory=ReadSettings)
     optimise: OptimiseSettings = field(default_factory=OptimiseSettings)
 
     def __post_init__(self) -> None:
         # Trials may run in other processes and on other hosts, from another directory.
-        for name in ("model", "data", "holdout_data", "class_names"):
+        for name in ("model", "data", "holdout_data"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value).resolve())
+        if self.read.class_names is not None:
+            self.read = replace(self.read, class_names=Path(self.read.class_names).resolve())
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        data.update(data.pop("read"))  # flat, as sweeps before ReadSettings recorded it
         for key, value in data.items():
             if isinstance(value, Path):
                 data[key] = str(value)
@@ -63,7 +60,7 @@ class SweepConfig:
         # A setting added since that sweep ran counts as recorded at its default.
         defaults = {
             f.name: f.default
-            for f in fields(self)
+            for f in [*fields(self), *fields(ReadSettings)]
             if f.default is not MISSING and not isinstance(f.default, Path)
         }
         recorded = {**{k: v for k, v in defaults.items() if k not in recorded}, **recorded}

@@ -19,7 +19,7 @@ from chainx.pipeline import build_chain, open_model, optimise_scores, original_o
 from chainx.render.layers import display_names
 from chainx.render.report import class_of
 from chainx.scoring import importance
-from chainx.settings import ReadSettings, read_class_names
+from chainx.settings import read_class_names
 from chainx.sweep.plan import CHAIN, TrialSpec
 
 
@@ -35,21 +35,11 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
 
     started = time.perf_counter()
     config = spec.config
-    read = ReadSettings(
-        size=config.size,
-        resize=config.resize,
-        mean=config.mean,
-        std=config.std,
-        strict=config.strict,
-        input_name=config.input_name,
-        output_name=config.output_name,
-        class_names=config.class_names,
-    )
-    source = open_model(config.model, read)
+    source = open_model(config.model, config.read)
 
     def load(files: tuple[tuple[Any, str], ...]) -> ImageSet:
         paths, labels = [p for p, _ in files], [label for _, label in files]
-        return load_image_files(paths, labels, source.prep, config.strict)
+        return load_image_files(paths, labels, source.prep, config.read.strict)
 
     region = load(spec.region)
     holdout = load(spec.holdout) if spec.holdout else None
@@ -59,7 +49,7 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
     optimise_s = time.perf_counter() - started
 
     originals = original_outputs(source, region, holdout)
-    names = read_class_names(config.class_names)
+    names = read_class_names(config.read.class_names)
 
     def labels(images: ImageSet | None) -> list[int | None]:
         """Class indices of the folder labels: by --class-names, or folders named 0, 1, …"""

@@ -1,0 +1,64 @@
+"""`chainx extract`: the chain of a model on a region of images, written to a folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from chainx.cli.options import (
+    ExistingDir,
+    ExistingFile,
+    ForceOption,
+    extract_settings,
+    with_extract_options,
+)
+from chainx.cli.printers import console, fail, print_chain_summary, progress, step_printer
+from chainx.errors import ChainxError, VerificationError
+
+
+@with_extract_options
+def extract_command(
+    model: Annotated[Path, ExistingFile],
+    images: Annotated[Path, ExistingDir],
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder \\[default: <model stem>.chain/]")
+    ] = None,
+    holdout: Annotated[
+        Path | None,
+        typer.Option(exists=True, file_okay=False, help="Unseen images of the same region."),
+    ] = None,
+    force: ForceOption = False,
+    strict: Annotated[
+        bool, typer.Option(help="Fail on an unreadable image instead of skipping it.")
+    ] = False,
+    filter_images: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Visualise this many top filters per layer (activation maximisation)."
+        ),
+    ] = 4,
+    options: dict[str, object] | None = None,
+) -> None:
+    """Extract the inference chain of MODEL on the region IMAGES."""
+    from chainx.extraction import extract
+    from chainx.pipeline import Listener
+
+    try:
+        settings = extract_settings(options, strict=strict, filter_images=filter_images)
+        with progress() as bar:
+            result = extract(
+                model,
+                images,
+                holdout,
+                settings=settings,
+                out=out or Path(f"{model.stem}.chain"),
+                force=force,
+                listener=Listener(message=console.print, step=step_printer(bar)),
+            )
+    except ChainxError as error:
+        fail(error)
+    if not result.verification.passed:  # the folder is written, for a look at what differs
+        fail(VerificationError(result.verification.failure()))
+    print_chain_summary(result.to_json())

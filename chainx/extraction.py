@@ -11,14 +11,19 @@ from pathlib import Path
 from chainx.chain.export import chain_summary
 from chainx.chain.result import ExtractResult, LayerGraph, layer_results
 from chainx.chain.verify import model_cost
+from chainx.frontier import frontier_chains
 from chainx.onnx.graph import GraphIndex
 from chainx.pipeline import Listener, build_chain, open_model, optimise_scores
 from chainx.render.files import render_files
+from chainx.render.frontier_plot import frontier_plot
 from chainx.render.layers import layer_edges
 from chainx.render.paths import link_weights, strongest_paths
 from chainx.render.report import predictions, report_html
 from chainx.settings import ExtractSettings, read_class_names
 from chainx.version import __version__
+
+# What chain.json says of each frontier chain; frontier.json has every metric.
+FRONTIER_SUMMARY = ("keep_ratio", "filters_kept", "verified", "chain")
 
 
 def extract(
@@ -64,13 +69,21 @@ def extract(
     )
     timings["load_s"] = time.perf_counter() - started
 
-    scores = optimise_scores(source, region, settings.optimise, listener.step)
+    scores = optimise_scores(source, region, settings.optimise, listener.step, settings.frontier)
     timings["optimise_s"] = scores.result.seconds
     settings_record = source.settings_record(scores.settings)
     chain = build_chain(
         source, scores.scoring, scores.result.multipliers, region, held, settings_record
     )
     timings["export_s"], timings["verify_s"] = chain.export_s, chain.verify_s
+    class_names = read_class_names(settings.read.class_names)
+    frontier = None
+    if settings.frontier:
+        mark = time.perf_counter()
+        frontier = frontier_chains(
+            source, scores, chain, region, held, settings_record, class_names
+        )
+        timings["frontier_s"] = time.perf_counter() - mark
 
     multipliers = scores.result.multipliers
     layers = layer_results(source.points, multipliers, scores.result.gates, chain.present)
@@ -148,7 +161,10 @@ def extract(
         },
         "timings": timings,
     }
-    class_names = read_class_names(settings.read.class_names)
+    if frontier is not None:
+        record["frontier"] = [
+            {key: entry[key] for key in FRONTIER_SUMMARY} for entry in frontier.entries
+        ]
     outputs = chain.verification.outputs
     report = report_html(
         {**record, "files": {}},
@@ -175,14 +191,20 @@ def extract(
         held.array if held else None,
         source.prep,
         class_names,
+        frontier_plot(frontier.entries) if frontier else None,
     )
     result = ExtractResult(
         chain=chain.model,
         verification=chain.verification,
         layers=layers,
         record=record,
-        files={**drawn.files, "report.html": report.encode("utf-8")},
+        files={
+            **drawn.files,
+            **(frontier.files if frontier else {}),
+            "report.html": report.encode("utf-8"),
+        },
         inputs=inputs,
+        frontier=frontier.entries if frontier else [],
     )
     if out is not None:
         result.save(out, force=True)  # the folder was checked before the work began

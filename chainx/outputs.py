@@ -18,8 +18,15 @@ from pathlib import Path
 
 from chainx.errors import ChainxError
 
-OUTPUT_FILES = ("chain.onnx", "chain.json", "chain.gv", "chain.svg", "report.html")
-OUTPUT_FOLDERS = ("featuremaps", "filters")
+OUTPUT_FILES = (
+    "chain.onnx",
+    "chain.json",
+    "chain.gv",
+    "chain.svg",
+    "report.html",
+    "frontier.json",
+)
+OUTPUT_FOLDERS = ("featuremaps", "filters", "frontier")
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 trials:
 
     open_model → Source.images → optimise_scores → build_chain (export, verify)
-                                                 → frontier_chains (one per budget)
+                                                 → measure_chain (fidelity metrics), frontier_entry
 
 Each stage is a function that takes the previous stages' records and returns its own.
 `chainx.extraction.extract` runs them all and draws the result; a sweep trial runs them
@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from chainx.chain.export import export_chain
+from chainx.chain.export import chain_summary, export_chain
+from chainx.chain.metrics import fidelity_metrics
 from chainx.chain.verify import ChainVerification, Reference, verify_chain
 from chainx.channels.emitter import WeightSlice
 from chainx.channels.surgery import present_units
@@ -29,7 +30,7 @@ from chainx.onnx.load import load_model, sha256_file
 from chainx.onnx.normalise import normalise
 from chainx.onnx.score_points import ScorePoint, find_score_points, output_kind
 from chainx.scoring.settings import OptimiseResult, OptimiseSettings, StepReport
-from chainx.settings import ReadSettings
+from chainx.settings import ReadSettings, class_of
 
 if TYPE_CHECKING:
     from chainx.scoring.model import ScoringModel
@@ -47,7 +48,7 @@ class Listener:
 class Source:
     """The user's model, read, checked and normalised: what every later stage works on."""
 
-    path: Path
+    path: Path | None  # None for a model built in memory (the random-weights control)
     original: onnx.ModelProto
     digest: str
     normalised: onnx.ModelProto
@@ -68,6 +69,12 @@ class Source:
             "input": self.read.input_name,
             "output": self.read.output_name,
         }
+
+
+def model_source(source: Source, model: onnx.ModelProto) -> Source:
+    """Another normalised model of the same architecture and preprocessing, held in memory
+    (the random-weights control): it is its own original."""
+    return replace(source, path=None, original=model, digest="", normalised=model)
 
 
 def open_model(model: Path, read: ReadSettings) -> Source:
@@ -103,6 +110,7 @@ def optimise_scores(
     region: ImageSet,
     settings: OptimiseSettings,
     on_step: Callable[[StepReport], None] | None = None,
+    frontier: tuple[float, ...] = (),
 ) -> Scores:
     """The scores and gates that keep the original's outputs on the region."""
     from chainx.scoring.conversion import check_conversion
@@ -113,7 +121,7 @@ def optimise_scores(
     settings = replace(settings, device=resolve_device(settings.device))
     scoring = ScoringModel(source.normalised, source.points)
     check_conversion(scoring, source.normalised, region.array)
-    result = optimise(scoring, region.array, source.kind, settings, on_step or _silent)
+    result = optimise(scoring, region.array, source.kind, settings, on_step or _silent, frontier)
     return Scores(scoring, result, settings)
 
 
@@ -181,3 +189,64 @@ def build_chain(
     return BuiltChain(
         surgery.model, surgery.slices, surgery.frozen, verification, present, export_s, verify_s
     )
+
+
+def folder_labels(images: ImageSet | None, class_names: list[str] | None) -> list[int | None]:
+    """Class indices of the images' folder labels: by class names, or folders named 0, 1, …;
+    None where the folder names no class."""
+    if images is None:
+        return []
+    if class_names is None:
+        return [int(label) if label.isdigit() else None for label in images.labels]
+    return [class_of(label, class_names) for label in images.labels]
+
+
+def measure_chain(
+    chain: BuiltChain,
+    kind: str,
+    region_labels: list[int | None],
+    holdout_labels: list[int | None],
+) -> dict[str, Any]:
+    """The chain's fidelity metrics on the region and the holdout (chain/metrics.py).
+
+    The folder classes are the region's labelled classes; accuracy needs labels.
+    """
+    verification, outputs = chain.verification, chain.verification.outputs
+    folder_classes = sorted({label for label in region_labels if label is not None}) or None
+
+    def measured(chain_out: np.ndarray, original_out: np.ndarray, labels: list) -> dict:
+        return fidelity_metrics(
+            chain_out,
+            original_out,
+            kind,
+            verification.classes,
+            labels if any(label is not None for label in labels) else None,
+            folder_classes,
+        )
+
+    return {
+        "region": measured(outputs.chain_region, outputs.original_region, region_labels),
+        "holdout": measured(outputs.chain_holdout, outputs.original_holdout, holdout_labels)
+        if outputs.chain_holdout is not None
+        else None,
+    }
+
+
+def frontier_entry(
+    keep_ratio: float,
+    built: BuiltChain,
+    multipliers: dict[str, np.ndarray],
+    measured: dict[str, Any],
+    **extra: Any,  # noqa: ANN401
+) -> dict[str, Any]:
+    """One budget of a frontier: its size as built and verified, and its fidelity."""
+    summary = chain_summary(multipliers, built.present)
+    return {
+        "keep_ratio": keep_ratio,
+        "filters_kept": summary["filters_kept"],
+        "filters_removed_fraction": summary["filters_removed_fraction"],
+        "verified": built.verification.passed,
+        "max_abs_diff": built.verification.exactness.max_abs_diff,
+        **extra,
+        **measured,
+    }

@@ -32,6 +32,7 @@ class ExtractSettings:
     read: ReadSettings = field(default_factory=ReadSettings)
     optimise: OptimiseSettings = field(default_factory=OptimiseSettings)
     filter_images: int = 4
+    frontier: tuple[float, ...] = ()  # fractions of filters kept, one chain each
 
     @classmethod
     def from_options(cls, **options: Any) -> ExtractSettings:  # noqa: ANN401
@@ -50,6 +51,8 @@ class ExtractSettings:
                 optimise[name] = value
             elif name == "filter_images":
                 rest[name] = int(value)
+            elif name == "frontier":
+                rest[name] = frontier_budgets(value)
             else:
                 raise ChainxError(
                     f"unknown option {name!r}. The options are those of `chainx extract` in "
@@ -82,8 +85,30 @@ OPTIMISE_OPTIONS = (
 OPTION_NAMES = (
     {"size", "resize", "mean", "std", "strict", "class_names", "input", "output"}
     | set(OPTIMISE_OPTIONS)
-    | {"filter_images"}
+    | {"filter_images", "frontier"}
 )
+# The budgets of --frontier without a list: from half the filters down to 1.5 %, each about
+# half the one before, so the curve is sampled evenly on a log scale where it falls.
+DEFAULT_FRONTIER = (0.5, 0.3, 0.15, 0.07, 0.03, 0.015)
+
+
+def frontier_budgets(value: Any) -> tuple[float, ...]:  # noqa: ANN401
+    """--frontier's budgets: None or "none" for none, "default" for DEFAULT_FRONTIER, or
+    fractions of filters kept in (0, 1], largest first."""
+    if value is None or value == "none":
+        return ()
+    if value == "default":
+        return DEFAULT_FRONTIER
+    try:
+        budgets = tuple(float(v) for v in (value.split(",") if isinstance(value, str) else value))
+    except (TypeError, ValueError):
+        budgets = ()
+    if not budgets or not all(0 < b <= 1 for b in budgets):
+        raise ChainxError(
+            f"--frontier {value!r}: give fractions of filters kept in (0, 1], e.g. "
+            "0.3,0.1,0.03, or 'default' for " + ",".join(f"{b:g}" for b in DEFAULT_FRONTIER)
+        )
+    return tuple(sorted(set(budgets), reverse=True))
 
 
 def _read_value(key: str, value: Any) -> Any:  # noqa: ANN401
@@ -106,3 +131,12 @@ def read_class_names(path: Path | None) -> list[str] | None:
     except (OSError, UnicodeDecodeError) as exc:
         raise ChainxError(f"--class-names {path}: cannot be read ({exc}).") from None
     return names
+
+
+def class_of(label: str, class_names: list[str]) -> int | None:
+    """The class a folder name stands for: the same name, or its singular ("ants" → "ant")."""
+    wanted = {label.lower(), label.lower().removesuffix("s")}
+    for index, name in enumerate(class_names):
+        if name.lower() in wanted:
+            return index
+    return None

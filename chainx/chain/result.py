@@ -107,6 +107,7 @@ class ExtractResult:
     record: dict[str, Any]
     files: dict[str, bytes]
     inputs: list[Path]  # the model and image folders, which a save must never overwrite
+    frontier: list[dict[str, Any]] = field(default_factory=list)  # frontier.json's entries
     out: Path | None = None
 
     @property
@@ -115,8 +116,12 @@ class ExtractResult:
 
     def to_json(self) -> dict[str, Any]:
         """chain.json's content; "files" holds the saved paths (the bare names before a save)."""
-        where = (lambda name: str(self.out / name)) if self.out else (lambda name: name)
-        return {**self.record, "files": {name: where(name) for name in OUTPUT_FILES}}
+        return {**self.record, "files": self._files(self.out)}
+
+    def _files(self, out: Path | None) -> dict[str, str]:
+        """The top-level files of the output folder, by name → path (bare before a save)."""
+        written = {"chain.onnx", "chain.json", *self.files}
+        return {name: str(out / name) if out else name for name in OUTPUT_FILES if name in written}
 
     def save(self, out: str | Path, force: bool = False) -> Path:
         """Write the output folder `chainx extract --out` writes, staged and swapped in whole.
@@ -127,7 +132,7 @@ class ExtractResult:
         check_output_dir(out, force, self.inputs)
         stage = OutputStage(out)
         try:
-            record = {**self.record, "files": {name: str(out / name) for name in OUTPUT_FILES}}
+            record = {**self.record, "files": self._files(out)}
             contents = {
                 "chain.onnx": self.chain.SerializeToString(),
                 **self.files,

@@ -196,19 +196,21 @@ class Reference:
     """The original model's output, as the user's file computes it.
 
     It runs on the image input and class output chainx worked on; a model with other inputs
-    cannot run on the image alone, so its normalised form stands in.
+    cannot run on the image alone, so its normalised form stands in, as it does for a model
+    that has no file (`original_path` None: a control built in memory).
     """
 
     def __init__(
         self,
         chain: onnx.ModelProto,
-        original_path: Path,
+        original_path: Path | None,
         original: onnx.ModelProto,
         normalised: onnx.ModelProto,
     ) -> None:
         constants = {init.name for init in original.graph.initializer}
         reads_one_input = sum(i.name not in constants for i in original.graph.input) <= 1
-        self.session = session(original_path if reads_one_input else normalised)
+        use_file = reads_one_input and original_path is not None
+        self.session = session(original_path if use_file else normalised)
         self.names = {
             "input_name": chain.graph.input[0].name,
             "output_name": chain.graph.output[0].name,
@@ -220,7 +222,7 @@ class Reference:
 
 def verify_chain(
     chain: onnx.ModelProto,
-    original_path: Path,
+    original_path: Path | None,
     original: onnx.ModelProto,
     normalised: onnx.ModelProto,
     slices: list[WeightSlice],

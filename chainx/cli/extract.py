@@ -11,6 +11,7 @@ from chainx.cli.options import (
     ExistingDir,
     ExistingFile,
     ForceOption,
+    FrontierOption,
     extract_settings,
     with_extract_options,
 )
@@ -39,6 +40,7 @@ def extract_command(
             min=0, help="Visualise this many top filters per layer (activation maximisation)."
         ),
     ] = 4,
+    frontier: FrontierOption = None,
     options: dict[str, object] | None = None,
 ) -> None:
     """Extract the inference chain of MODEL on the region IMAGES."""
@@ -46,7 +48,9 @@ def extract_command(
     from chainx.pipeline import Listener
 
     try:
-        settings = extract_settings(options, strict=strict, filter_images=filter_images)
+        settings = extract_settings(
+            options, strict=strict, filter_images=filter_images, frontier=frontier
+        )
         with progress() as bar:
             result = extract(
                 model,
@@ -61,4 +65,7 @@ def extract_command(
         fail(error)
     if not result.verification.passed:  # the folder is written, for a look at what differs
         fail(VerificationError(result.verification.failure()))
+    failed = [entry["chain"] for entry in result.frontier if not entry["verified"]]
+    if failed:
+        fail(VerificationError(f"frontier chains failed verification: {', '.join(failed)}"))
     print_chain_summary(result.to_json())

@@ -72,6 +72,14 @@ HoldMarginOption = Annotated[
         "during sparsification too.",
     ),
 ]
+FrontierOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Also cut chains at these fractions of filters kept from the same optimisation, "
+        "each fine-tuned and verified: e.g. 0.3,0.1,0.03, 'default' (0.5,0.3,0.15,0.07,0.03,"
+        "0.015) or 'none'.",
+    ),
+]
 ClassNamesOption = Annotated[
     Path | None,
     typer.Option(

@@ -21,6 +21,8 @@ from chainx.cli.printers import (
     progress,
 )
 from chainx.errors import ChainxError
+from chainx.settings import frontier_budgets
+from chainx.sweep.plan import BASELINES, CONTROLS
 
 
 @with_extract_options
@@ -54,10 +56,32 @@ def sweep_command(
     baselines: Annotated[
         str,
         typer.Option(
-            help="Comma-separated baselines at the chain's per-layer budget: random, "
-            "weight-l1, activation, taylor, unscaled; or none."
+            help="Comma-separated baselines and controls at the chain's per-layer budget: "
+            "random, weight-l1, activation, taylor, relevance (LRP), unscaled, shuffle; or none."
         ),
-    ] = "random,weight-l1,activation,taylor,unscaled",
+    ] = ",".join(BASELINES),
+    frontier: Annotated[
+        str,
+        typer.Option(
+            help="The budgets (fractions of filters kept) at which every method is also built "
+            "and measured, cut from one optimisation per trial: a list, 'default' "
+            "(0.5,0.3,0.15,0.07,0.03,0.015) or 'none'."
+        ),
+    ] = "default",
+    control: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also run NeuroChains on a control model: random-weights (every Conv/Gemm "
+            "weight re-drawn at its layer's std). Repeatable."
+        ),
+    ] = None,
+    stability: Annotated[
+        bool,
+        typer.Option(
+            help="Per trial, extract again with two more seeds and on a re-drawn region of the "
+            "same classes, and record the Jaccard overlap of the kept filters."
+        ),
+    ] = False,
     finetune_baselines: Annotated[
         bool,
         typer.Option(
@@ -105,6 +129,9 @@ def sweep_command(
             seed=seed,
             baselines=chosen,
             finetune_baselines=finetune_baselines,
+            frontier=frontier_budgets(frontier),
+            controls=_controls(control or []),
+            stability=stability,
             read=settings.read,
             optimise=settings.optimise,
         )
@@ -141,8 +168,6 @@ def sweep_command(
 
 
 def _baselines(text: str) -> tuple[str, ...]:
-    from chainx.sweep.plan import BASELINES
-
     chosen = tuple(b.strip() for b in text.split(",") if b.strip() not in {"", "none"})
     unknown = [b for b in chosen if b not in BASELINES]
     if unknown:
@@ -151,3 +176,12 @@ def _baselines(text: str) -> tuple[str, ...]:
             f"{', '.join(BASELINES)}, or none."
         )
     return chosen
+
+
+def _controls(names: list[str]) -> tuple[str, ...]:
+    unknown = [name for name in names if name not in CONTROLS]
+    if unknown:
+        raise ChainxError(
+            f"--control {', '.join(unknown)}: unknown. Choose from {', '.join(CONTROLS)}."
+        )
+    return tuple(dict.fromkeys(names))

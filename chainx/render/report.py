@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from chainx.chain.verify import log_softmax
 from chainx.images import Preprocessing
 from chainx.render.featuremaps import displayable
 from chainx.render.html import escape as _e
+from chainx.settings import class_of
 
 THUMBNAIL = 64
 
@@ -37,15 +39,6 @@ class Prediction:
     def misclassified(self) -> bool | None:
         """Whether the original model gets the image wrong (None: its class is unknown)."""
         return None if self.true_class is None else self.original != self.true_class
-
-
-def class_of(label: str, class_names: list[str]) -> int | None:
-    """The class a folder name stands for: the same name, or its singular ("ants" → "ant")."""
-    wanted = {label.lower(), label.lower().removesuffix("s")}
-    for index, name in enumerate(class_names):
-        if name.lower() in wanted:
-            return index
-    return None
 
 
 def predictions(
@@ -172,9 +165,11 @@ def report_html(
     holdout_images: np.ndarray | None,
     prep: Preprocessing,
     class_names: list[str] | None = None,
+    frontier_png: bytes | None = None,
 ) -> str:
     """report.html from chain.json's data and the files that go beside it (relative path →
-    content: chain.svg, the featuremap strips and the filter sheets)."""
+    content: chain.svg, the featuremap strips, the filter sheets, frontier.json), with the
+    frontier plot when there is a frontier."""
     summary, metrics = data["summary"], data["metrics"]
     passed = metrics["exactness"]["passed"] and not metrics["exact_copies"]["mismatched"]
     status = "passed" if passed else "failed"
@@ -225,6 +220,7 @@ def report_html(
         _table(facts),
         "<h2>Chain</h2>",
         f"<div class='diagram'>{svg}</div>",
+        *_frontier_section(files, frontier_png),
         "<h2>Strongest inference paths</h2>",
         f"<ol>{paths}</ol>" if paths else "<p>none</p>",
         "<h2>Featuremaps (SMOE scale, from the chain)</h2>",
@@ -248,3 +244,29 @@ def report_html(
 
 def _image(png: bytes) -> Image.Image:
     return Image.open(io.BytesIO(png))
+
+
+def _frontier_section(files: dict[str, bytes], png: bytes | None) -> list[str]:
+    """The frontier plot and its table: what each budget keeps of the original's outputs."""
+    if png is None or "frontier.json" not in files:
+        return []
+
+    def percent(side: dict[str, Any] | None, key: str) -> str:
+        return "–" if side is None or side[key] is None else f"{100 * side[key]:.1f} %"
+
+    rows = "".join(
+        f"<tr><td>{100 * entry['keep_ratio']:g} %</td><td>{entry['filters_kept']:,}</td>"
+        f"<td>{percent(entry['region'], 'agreement')}</td>"
+        f"<td>{percent(entry['holdout'], 'agreement')}</td>"
+        f"<td>{percent(entry['holdout'], 'class_agreement')}</td>"
+        f"<td>{'passed' if entry['verified'] else 'FAILED'}</td></tr>"
+        for entry in json.loads(files["frontier.json"])
+    )
+    source = "data:image/png;base64," + base64.b64encode(png).decode()
+    return [
+        "<h2>Frontier (one optimisation, cut at each budget and fine-tuned)</h2>",
+        f"<img alt='fidelity against filters kept' src='{source}'>",
+        "<table><tr><th>budget</th><th>filters kept</th><th>region top-1</th>"
+        "<th>holdout top-1</th><th>holdout within classes</th><th>verification</th></tr>"
+        f"{rows}</table>",
+    ]

@@ -11,6 +11,11 @@ multiplier 1: the baselines prune, they learn nothing.
   averaged over the region, with L the cross-entropy to the original's top-1 classes.
 - unscaled: NeuroChains' own selection with every multiplier 1 (an ablation: selection
   without the learned scores).
+- relevance: LRP relevance at the score point, summed over the region (Yeom et al. 2021);
+  in `chainx/scoring/relevance.py`.
+
+Controls (issue 12): `shuffled_multipliers` gives NeuroChains' learnt values to random
+filters of the same layer; `chainx/onnx/random_weights.py` re-draws the network's weights.
 """
 
 from __future__ import annotations
@@ -99,6 +104,20 @@ def taylor(scoring: ScoringModel, images: np.ndarray, kind: str) -> Importance:
 def random_order(points: list[ScorePoint], seed: int) -> Importance:
     rng = np.random.default_rng(seed)
     return {p.layer: rng.random(p.channels) for p in points}
+
+
+def shuffled_multipliers(multipliers: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    """Each layer's multipliers at a random permutation of its units: NeuroChains' per-layer
+    counts and learnt values, given to randomly chosen filters (the within-layer shuffle of
+    Frankle et al. 2021's sanity checks).
+
+    Layers draw in sorted order, so the result depends on the seed alone.
+    """
+    rng = np.random.default_rng(seed)
+    shuffled = {
+        layer: rng.permutation(np.asarray(multipliers[layer])) for layer in sorted(multipliers)
+    }
+    return {layer: shuffled[layer] for layer in multipliers}
 
 
 def keep_top(importance: Importance, budget: dict[str, int]) -> dict[str, np.ndarray]:

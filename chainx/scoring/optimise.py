@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from chainx.errors import ChainxError
+from chainx.scoring.frontier import FrontierRecorder
 from chainx.scoring.model import ScoringModel, log_probabilities
-from chainx.scoring.settings import OptimiseResult, OptimiseSettings, StepReport
+from chainx.scoring.settings import FrontierCut, OptimiseResult, OptimiseSettings, StepReport
 
 
 def _jitter(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -231,7 +232,14 @@ def optimise(
     kind: str,
     settings: OptimiseSettings,
     on_step: Callable[[StepReport], None] = lambda report: None,
+    frontier: tuple[float, ...] = (),
 ) -> OptimiseResult:
+    """Phase 1 (sparsify), threshold, phase 2 (fine-tune): the chain's multipliers.
+
+    With `frontier` (fractions of filters kept), the same run also yields one fine-tuned
+    cut per budget (`OptimiseResult.frontier`), after the chain itself, which stays the
+    same as without it.
+    """
     torch.manual_seed(settings.seed)
     started = time.perf_counter()
     objective = _objective(scoring, images, kind, settings)
@@ -243,6 +251,7 @@ def optimise(
         on_step(entry)
 
     params = [*scoring.scores, scoring.gates]
+    recorder = FrontierRecorder(scoring, frontier, settings.tau) if frontier else None
     adam = torch.optim.Adam(params, lr=settings.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(adam, max(settings.steps, 1))
     stable, previous, steps, strength = 0, None, 0, 1.0
@@ -271,6 +280,8 @@ def optimise(
         if settings.keep_ratio is not None and settings.gradual:
             _keep_top(scoring, _gradual_keep(steps, settings.steps, settings.keep_ratio))
         report("sparsify", steps, settings.steps, loss, kl, agree)
+        if recorder is not None:
+            recorder.observe(steps)
         with torch.no_grad():
             mask = torch.cat([m > settings.tau for m in scoring.multipliers()])
         stable = stable + 1 if previous is not None and torch.equal(mask, previous) else 0
@@ -278,6 +289,8 @@ def optimise(
         if stable >= settings.patience and steps >= 0.7 * settings.steps:
             break
 
+    if recorder is not None:
+        recorder.finish(steps)
     if settings.keep_ratio is not None and not settings.gradual:
         # Fine-tune everything above τ first, then cut to the budget and fine-tune again:
         # the scores the first fine-tuning settles rank the filters better than phase 1's.
@@ -290,17 +303,46 @@ def optimise(
         final = _finetune(scoring, objective, params, settings, report)
 
     gates = torch.sigmoid(scoring.gates).detach().cpu().numpy()
+    multipliers = _as_arrays(scoring, final)
+    cuts = _frontier_cuts(scoring, objective, params, settings, recorder, report)
     return OptimiseResult(
-        multipliers={
-            point.layer: m.cpu().numpy().astype(np.float32)
-            for point, m in zip(scoring.points, final, strict=True)
-        },
+        multipliers=multipliers,
         gates={point.layer: float(g) for point, g in zip(scoring.points, gates, strict=True)},
         steps=steps,
         finetune_steps=settings.finetune_steps,
         seconds=time.perf_counter() - started,
         history=history,
+        frontier=cuts,
     )
+
+
+def _as_arrays(scoring: ScoringModel, values: list[torch.Tensor]) -> dict[str, np.ndarray]:
+    return {
+        point.layer: m.detach().cpu().numpy().astype(np.float32)
+        for point, m in zip(scoring.points, values, strict=True)
+    }
+
+
+def _frontier_cuts(
+    scoring: ScoringModel,
+    objective: Objective,
+    params: list[torch.Tensor],
+    settings: OptimiseSettings,
+    recorder: FrontierRecorder | None,
+    report: Callable[[str, int, int, float, float, float], None],
+) -> list[FrontierCut]:
+    """Each budget cut from its state on the score path (or the final one), exactly to
+    the budget, then fine-tuned as the chain is."""
+    cuts = []
+    for budget in recorder.budgets if recorder is not None else []:
+        state, source = recorder.start_of(budget)
+        state.restore(scoring)
+        _keep_top(scoring, budget, final=True)
+        if not any(mask.any() for mask in scoring.masks):
+            continue  # nothing left to keep at this budget
+        final = _finetune(scoring, objective, params, settings, report, f"keep {budget:g}")
+        cuts.append(FrontierCut(budget, _as_arrays(scoring, final), source, state.step))
+    return cuts
 
 
 def finetune_selection(
@@ -309,10 +351,17 @@ def finetune_selection(
     kind: str,
     settings: OptimiseSettings,
     selection: dict[str, np.ndarray],
+    min_score: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Fine-tune the scores and gates of a fixed selection of filters, from 1, as phase 2
     fine-tunes NeuroChains' own; a baseline given this differs from the chain only in which
-    filters it keeps."""
+    filters it keeps.
+
+    Scores are kept ≥ 0, so some can reach 0 and drop their filter (fine-tuned baselines
+    kept 28–31 of NeuroChains' 40 filters on ResNet-20). With `min_score` > 0 the selected
+    scores are kept ≥ `min_score` instead: every selected filter stays in the chain, so all
+    methods are compared at the same physical size.
+    """
     objective = _objective(scoring, images, kind, settings)
     kept = [torch.from_numpy(selection[p.layer] != 0).to(settings.device) for p in scoring.points]
     with torch.no_grad():
@@ -320,9 +369,15 @@ def finetune_selection(
             score.copy_(mask.to(score.dtype))
         scoring.gates.fill_(scoring.gate_init)
     scoring.masks = kept
-    final = _finetune(
-        scoring, objective, [*scoring.scores, scoring.gates], settings, lambda *report: None
-    )
+
+    def floor(*report: object) -> None:
+        # _finetune reports after each update and its clamp at 0, before the next evaluation.
+        if min_score > 0:
+            with torch.no_grad():
+                for score, mask in zip(scoring.scores, kept, strict=True):
+                    score.copy_(torch.where(mask, score.clamp(min=min_score), score))
+
+    final = _finetune(scoring, objective, [*scoring.scores, scoring.gates], settings, floor)
     return {
         point.layer: m.detach().cpu().numpy().astype(np.float32)
         for point, m in zip(scoring.points, final, strict=True)

@@ -42,6 +42,17 @@ class StepReport:
 
 
 @dataclass
+class FrontierCut:
+    """The chain at one budget of the frontier: fine-tuned multipliers, and where the cut
+    started from: the score path at `step` ("path"), or the end of sparsification ("final")."""
+
+    keep_ratio: float
+    multipliers: dict[str, np.ndarray]
+    source: str
+    step: int
+
+
+@dataclass
 class OptimiseResult:
     multipliers: dict[str, np.ndarray]
     gates: dict[str, float]
@@ -49,3 +60,4 @@ class OptimiseResult:
     finetune_steps: int
     seconds: float
     history: list[StepReport] = field(default_factory=list)
+    frontier: list[FrontierCut] = field(default_factory=list)

@@ -13,7 +13,8 @@ from chainx.images import find_images
 from chainx.scoring.settings import OptimiseSettings
 from chainx.settings import ReadSettings
 
-BASELINES = ("random", "weight-l1", "activation", "taylor", "unscaled")
+BASELINES = ("random", "weight-l1", "activation", "taylor", "relevance", "unscaled", "shuffle")
+CONTROLS = ("random-weights",)
 CHAIN = "neurochains"
 
 
@@ -30,6 +31,9 @@ class SweepConfig:
     seed: int = 0
     baselines: tuple[str, ...] = BASELINES
     finetune_baselines: bool = False
+    frontier: tuple[float, ...] = ()
+    controls: tuple[str, ...] = ()
+    stability: bool = False
     read: ReadSettings = field(default_factory=ReadSettings)
     optimise: OptimiseSettings = field(default_factory=OptimiseSettings)
 
@@ -79,6 +83,8 @@ class TrialSpec:
     region: tuple[tuple[Path, str], ...]
     holdout: tuple[tuple[Path, str], ...]
     config: SweepConfig
+    # Another region of the same classes, for stability: drawn apart from `region`.
+    redrawn: tuple[tuple[Path, str], ...] = ()
 
 
 def _catalogue(folder: Path, option: str) -> dict[str, list[Path]]:
@@ -149,6 +155,29 @@ def plan_trials(config: SweepConfig, trials: int) -> list[TrialSpec]:
                 region=tuple(region),
                 holdout=tuple(holdout),
                 config=config,
+                redrawn=_redrawn(config, data, chosen, region, index),
             )
         )
     return specs
+
+
+def _redrawn(
+    config: SweepConfig,
+    data: dict[str, list[Path]],
+    chosen: list[str],
+    region: list[tuple[Path, str]],
+    index: int,
+) -> tuple[tuple[Path, str], ...]:
+    """`per_class` other images of each class, from a generator of their own, so that the
+    trials' regions and holdouts are drawn as before. It may overlap the holdout: it serves
+    only to compare which filters two regions keep."""
+    if not config.stability:
+        return ()
+    rng = np.random.default_rng([config.seed, index, 1])
+    taken = {path for path, _ in region}
+    redrawn = []
+    for name in chosen:
+        free = [path for path in data[name] if path not in taken]
+        picked = rng.permutation(len(free))[: config.per_class]
+        redrawn += [(free[i], name) for i in sorted(picked)]
+    return tuple(redrawn)

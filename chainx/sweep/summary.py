@@ -1,4 +1,5 @@
-"""What a sweep's trials add up to: mean ± std per method and metric, and two PNG plots."""
+"""What a sweep's trials add up to: mean ± std per method and metric, the fidelity–sparsity
+frontiers where the trials measured them, and the PNG plots."""
 
 from __future__ import annotations
 
@@ -10,6 +11,13 @@ from typing import Any
 import numpy as np
 
 from chainx.outputs import write_atomic
+from chainx.sweep.frontier_summary import (
+    frontier_figure,
+    frontier_markdown,
+    stability_markdown,
+    summarise_frontier,
+    summarise_stability,
+)
 from chainx.sweep.plan import CHAIN
 
 Metric = Callable[[dict[str, Any]], float | None]
@@ -102,6 +110,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         table[method] = row
     walls = [record["wall_s"] for record in records]
     return {
+        "frontier": summarise_frontier(records),
         "holdout_comparison": _holdout_comparison(records),
         "trials": len(records),
         "scores_finetuned": sorted(
@@ -112,6 +121,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
                 if entry.get("scores_finetuned")
             }
         ),
+        "stability": summarise_stability(records),
         "table": table,
         "wall_s": {"mean": float(np.mean(walls)), "std": float(np.std(walls))} if walls else None,
         "unverified": sum(
@@ -158,6 +168,10 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines += ["", f"Wall time per trial: {wall['mean']:.0f} ± {wall['std']:.0f} s."]
     if summary["unverified"]:
         lines += ["", f"**{summary['unverified']} exported chains failed verification.**"]
+    if summary["frontier"]:
+        lines += frontier_markdown(summary["frontier"])
+    if summary["stability"]:
+        lines += stability_markdown(summary["stability"])
     return "\n".join(lines) + "\n"
 
 
@@ -211,7 +225,13 @@ def _save(figure: Any, path: Path) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-SUMMARY_FILES = ("summary.md", "summary.json", "sparsity_vs_holdout.png", "layers_kept.png")
+SUMMARY_FILES = (
+    "summary.md",
+    "summary.json",
+    "sparsity_vs_holdout.png",
+    "layers_kept.png",
+    "frontier.png",
+)
 
 
 def write_summary(records: list[dict[str, Any]], out: Path) -> dict[str, Any]:
@@ -224,4 +244,6 @@ def write_summary(records: list[dict[str, Any]], out: Path) -> dict[str, Any]:
     if records:
         _plot_sparsity(records, out / "sparsity_vs_holdout.png")
         _plot_layers(records, out / "layers_kept.png")
+    if summary["frontier"]:
+        _save(frontier_figure(summary["frontier"]), out / "frontier.png")
     return summary

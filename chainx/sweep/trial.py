@@ -1,5 +1,7 @@
-"""One sweep trial: extract a chain from the trial's region, build the baselines at the same
-per-layer budget, and export and verify each one the way `chainx extract` does.
+"""One sweep trial: extract a chain from the trial's region, build every other method at the
+same per-layer budget, at the chain's own budget and at each budget of the frontier, and
+export, verify and measure each one the way `chainx extract` does. Optionally the
+random-weights control and the stability of the chosen filters.
 
 `run_trial` is the one function the local process pool and Ray both run. It takes a
 picklable `TrialSpec` and returns a JSON-ready record.
@@ -8,31 +10,20 @@ picklable `TrialSpec` and returns a JSON-ready record.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
-import numpy as np
-
-from chainx.chain.export import chain_summary
 from chainx.images import ImageSet, load_image_files
-from chainx.pipeline import build_chain, open_model, optimise_scores, original_outputs
+from chainx.pipeline import open_model, optimise_scores
 from chainx.render.layers import display_names
-from chainx.render.report import class_of
-from chainx.scoring import importance
 from chainx.settings import read_class_names
+from chainx.sweep.chains import TrialChains, accuracy
+from chainx.sweep.controls import random_weights_method, stability
+from chainx.sweep.methods import Methods
 from chainx.sweep.plan import CHAIN, TrialSpec
 
 
-def _accuracy(output: np.ndarray | None, labels: list[int | None]) -> float | None:
-    """Top-1 accuracy against the folder labels; None when a label's class is unknown."""
-    if output is None or not labels or any(label is None for label in labels):
-        return None
-    return float(np.mean(output.argmax(1) == np.asarray(labels)))
-
-
 def run_trial(spec: TrialSpec) -> dict[str, Any]:
-    from chainx.scoring.optimise import finetune_selection  # torch loads here
-
     started = time.perf_counter()
     config = spec.config
     source = open_model(config.model, config.read)
@@ -44,67 +35,34 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
     region = load(spec.region)
     holdout = load(spec.holdout) if spec.holdout else None
     points = source.points
-    scores = optimise_scores(source, region, replace(config.optimise, seed=spec.seed))
-    result, settings, scoring = scores.result, scores.settings, scores.scoring
+    settings = replace(config.optimise, seed=spec.seed)
+    scores = optimise_scores(source, region, settings, frontier=config.frontier)
     optimise_s = time.perf_counter() - started
 
-    originals = original_outputs(source, region, holdout)
     names = read_class_names(config.read.class_names)
-
-    def labels(images: ImageSet | None) -> list[int | None]:
-        """Class indices of the folder labels: by --class-names, or folders named 0, 1, …"""
-        if images is None:
-            return []
-        if names is None:
-            return [int(label) if label.isdigit() else None for label in images.labels]
-        return [class_of(label, names) for label in images.labels]
-
-    region_labels, holdout_labels = labels(region), labels(holdout)
-    normalised, kind = source.normalised, source.kind
-    rankings = {
-        "random": lambda: importance.random_order(points, spec.seed),
-        "weight-l1": lambda: importance.weight_l1(normalised, points),
-        "activation": lambda: importance.mean_activation(normalised, points, region.array),
-        "taylor": lambda: importance.taylor(scoring, region.array, kind),
-        "unscaled": lambda: {},
-    }
-    candidates = {CHAIN: result.multipliers}
-    finetuned = set()
-    for method in config.baselines:
-        candidates[method] = importance.baseline_multipliers(
-            method, result.multipliers, rankings[method]
-        )
-        if config.finetune_baselines and method != "unscaled":
-            candidates[method] = finetune_selection(
-                scoring, region.array, kind, settings, candidates[method]
+    chains = TrialChains(source, scores, region, holdout, names)
+    methods = Methods(source, scores, region, scores.settings, spec.seed, config.finetune_baselines)
+    entries = {}
+    for method in (CHAIN, *config.baselines):
+        mark = time.perf_counter()
+        entry = chains.main_entry(method, methods.multipliers(method, scores.result.multipliers))
+        entry["scores_finetuned"] = methods.finetuned(method)
+        entry["frontier"] = [
+            chains.frontier_entry(
+                method, cut.keep_ratio, methods.multipliers(method, cut.multipliers)
             )
-            finetuned.add(method)
+            for cut in scores.result.frontier
+        ]
+        entry["seconds"] = time.perf_counter() - mark  # choosing, fine-tuning and building
+        entries[method] = entry
+    if "random-weights" in config.controls:
+        redrawn = load(spec.redrawn) if spec.redrawn else None
+        entries["random-weights"] = random_weights_method(
+            source, (region, holdout, redrawn), scores.settings, config.frontier, spec.seed, names
+        )
 
     layer_names = display_names([p.layer for p in points])
-    methods = {}
-    for method, multipliers in candidates.items():
-        mark = time.perf_counter()
-        chain = build_chain(
-            source, scoring, multipliers, region, holdout, {"method": method}, originals
-        )
-        verification, present = chain.verification, chain.present
-        outputs = verification.outputs
-        methods[method] = {
-            **chain_summary(multipliers, present),
-            "layer_filters": [int(len(present[p.layer])) for p in points],
-            "layer_scored": [int(np.count_nonzero(multipliers[p.layer])) for p in points],
-            "scores_finetuned": method == CHAIN or method in finetuned,
-            "verified": verification.passed,
-            "max_abs_diff": verification.exactness.max_abs_diff,
-            "region": asdict(verification.region),
-            "holdout": asdict(verification.holdout) if verification.holdout else None,
-            "accuracy": {
-                "region": _accuracy(outputs.chain_region, region_labels),
-                "holdout": _accuracy(outputs.chain_holdout, holdout_labels),
-            },
-            "seconds": time.perf_counter() - mark,
-        }
-    return {
+    record = {
         "trial": spec.index,
         "seed": spec.seed,
         "classes": list(spec.classes),
@@ -116,13 +74,17 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
             if images is not None
             for path, why in images.skipped.unreadable
         ],
-        "device": settings.device,
+        "device": scores.settings.device,
         "layers": [layer_names[p.layer] for p in points],
         "original_accuracy": {
-            "region": _accuracy(originals[0], region_labels),
-            "holdout": _accuracy(originals[1], holdout_labels),
+            "region": accuracy(chains.originals[0], chains.labels[0]),
+            "holdout": accuracy(chains.originals[1], chains.labels[1]),
         },
-        "methods": methods,
+        "methods": entries,
+        "frontier": entries[CHAIN]["frontier"],
         "optimise_s": optimise_s,
-        "wall_s": time.perf_counter() - started,
     }
+    if config.stability and spec.redrawn:
+        record["stability"] = stability(source, scores, region, load(spec.redrawn))
+    record["wall_s"] = time.perf_counter() - started
+    return record

@@ -1,0 +1,67 @@
+"""`--frontier`: the chains at several budgets cut from the one optimisation, each exported,
+verified and measured like the chain itself (frontier.json, frontier/, the report's plot)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from chainx.images import ImageSet
+from chainx.pipeline import (
+    BuiltChain,
+    Scores,
+    Source,
+    build_chain,
+    folder_labels,
+    frontier_entry,
+    measure_chain,
+)
+
+
+@dataclass
+class Frontier:
+    entries: list[dict[str, Any]]  # frontier.json: one per budget, largest first
+    files: dict[str, bytes]  # frontier.json and frontier/keep-<budget>.onnx
+
+    @property
+    def passed(self) -> bool:
+        return all(entry["verified"] for entry in self.entries)
+
+
+def frontier_chains(
+    source: Source,
+    scores: Scores,
+    chain: BuiltChain,
+    region: ImageSet,
+    holdout: ImageSet | None,
+    settings_record: dict[str, Any],
+    class_names: list[str] | None,
+) -> Frontier:
+    """Every cut of `scores.result.frontier` as a verified chain, with the fidelity metrics
+    of the main `chain`'s on the same images (the original's outputs are reused)."""
+    outputs = chain.verification.outputs
+    originals = (outputs.original_region, outputs.original_holdout)
+    labels = folder_labels(region, class_names), folder_labels(holdout, class_names)
+    entries, files = [], {}
+    for cut in scores.result.frontier:
+        record = {**settings_record, "frontier_keep_ratio": cut.keep_ratio}
+        built = build_chain(
+            source, scores.scoring, cut.multipliers, region, holdout, record, originals
+        )
+        name = f"frontier/keep-{cut.keep_ratio:g}.onnx"
+        files[name] = built.model.SerializeToString()
+        measured = measure_chain(built, source.kind, *labels)
+        entries.append(
+            frontier_entry(
+                cut.keep_ratio,
+                built,
+                cut.multipliers,
+                measured,
+                source=cut.source,
+                step=cut.step,
+                chain=name,
+            )
+        )
+    files["frontier.json"] = json.dumps(entries, indent=2).encode()
+    return Frontier(entries, files)

@@ -166,9 +166,10 @@ def extract(
             {key: entry[key] for key in FRONTIER_SUMMARY} for entry in frontier.entries
         ]
     outputs = chain.verification.outputs
+    files = {**drawn.files, **(frontier.files if frontier else {})}
     report = report_html(
         {**record, "files": {}},
-        drawn.files,
+        files,
         predictions(
             region.paths,
             region.labels,
@@ -198,11 +199,7 @@ def extract(
         verification=chain.verification,
         layers=layers,
         record=record,
-        files={
-            **drawn.files,
-            **(frontier.files if frontier else {}),
-            "report.html": report.encode("utf-8"),
-        },
+        files={**files, "report.html": report.encode("utf-8")},
         inputs=inputs,
         frontier=frontier.entries if frontier else [],
     )

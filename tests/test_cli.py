@@ -286,8 +286,14 @@ def test_sweep_runs_trials_and_prints_the_summary_and_its_files(tmp_path: Path) 
     assert result.exit_code == 0, result.output
     assert "1 trials: 0 already in" in result.output
     assert "neurochains" in result.output and "taylor" in result.output
-    for name in ("trials.jsonl", "summary.md", "sparsity_vs_holdout.png", "layers_kept.png"):
+    names = ("trials.jsonl", "summary.md", "sparsity_vs_holdout.png", "layers_kept.png")
+    for name in (*names, "frontier.png"):  # the frontier is on by default
         assert str(out / name) in result.output.replace("\n", "")
+    record = json.loads((out / "trials.jsonl").read_text().splitlines()[0])
+    budgets = [entry["keep_ratio"] for entry in record["frontier"]]
+    assert budgets == [0.5, 0.3, 0.15, 0.07, 0.03, 0.015]
+    assert all(len(entry["frontier"]) == 6 for entry in record["methods"].values())
+    assert "Fidelity–sparsity frontier" in (out / "summary.md").read_text()
     again = invoke("sweep", SAMPLE_MODEL, SAMPLE_HOLDOUT, "--trials", "1", "--out", out, *SWEEP)
     assert again.exit_code == 0 and "1 already in" in again.output
 

@@ -46,7 +46,7 @@ def sweep_command(out: Path, trials: int) -> list[str]:
         str(SAMPLE_MODEL), str(SAMPLE_HOLDOUT),
         "--trials", str(trials), "--per-class", "5", "--holdout-per-class", "10",
         "--resize", "28", "--steps", "40", "--finetune-steps", "10", "--keep-ratio", "0.3",
-        "--workers", "1", "--out", str(out),
+        "--frontier", "none", "--workers", "1", "--out", str(out),
     ]  # fmt: skip
 
 

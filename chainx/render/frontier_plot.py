@@ -32,6 +32,8 @@ def frontier_plot(entries: list[dict[str, Any]]) -> bytes:
         marker = "" if key == "chance" else "o"
         axes.plot(kept, [100 * v for v in values], style, marker=marker, color=colour, label=label)
     axes.set_xscale("log")
+    axes.set_xticks(kept, [f"{k:.3g}" for k in kept])
+    axes.minorticks_off()
     axes.invert_xaxis()  # sparser to the right, as the frontier is read
     axes.set_xlabel("filters kept (%)")
     axes.set_ylabel("agreement with the original (%)")

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -34,12 +35,14 @@ def random_weights_method(
     the method's entry, with its frontier. `images` are the trial's region, holdout and
     re-drawn region (which serves, with the region, to re-estimate BatchNorm)."""
     region, holdout, redrawn = images
+    started = time.perf_counter()
     statistics = region.array if redrawn is None else np.concatenate([region.array, redrawn.array])
     control = model_source(source, random_weights_model(source.normalised, statistics, seed))
     scores = optimise_scores(control, region, settings, frontier=frontier)
     chains = TrialChains(control, scores, region, holdout, class_names)
     entry = chains.main_entry("random-weights", scores.result.multipliers)
     entry["scores_finetuned"] = True
+    entry["seconds"] = time.perf_counter() - started
     entry["frontier"] = [
         chains.frontier_entry("random-weights", cut.keep_ratio, cut.multipliers)
         for cut in scores.result.frontier

@@ -7,16 +7,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import chainx.pipeline as pipeline
 from chainx.images import ImageSet
-from chainx.pipeline import (
-    BuiltChain,
-    Scores,
-    Source,
-    build_chain,
-    folder_labels,
-    frontier_entry,
-    measure_chain,
-)
+from chainx.pipeline import BuiltChain, Scores, Source
 
 
 @dataclass
@@ -42,18 +35,21 @@ def frontier_chains(
     of the main `chain`'s on the same images (the original's outputs are reused)."""
     outputs = chain.verification.outputs
     originals = (outputs.original_region, outputs.original_holdout)
-    labels = folder_labels(region, class_names), folder_labels(holdout, class_names)
+    labels = (
+        pipeline.folder_labels(region, class_names),
+        pipeline.folder_labels(holdout, class_names),
+    )
     entries, files = [], {}
     for cut in scores.result.frontier:
         record = {**settings_record, "frontier_keep_ratio": cut.keep_ratio}
-        built = build_chain(
+        built = pipeline.build_chain(
             source, scores.scoring, cut.multipliers, region, holdout, record, originals
         )
         name = f"frontier/keep-{cut.keep_ratio:g}.onnx"
         files[name] = built.model.SerializeToString()
-        measured = measure_chain(built, source.kind, *labels)
+        measured = pipeline.measure_chain(built, source.kind, *labels)
         entries.append(
-            frontier_entry(
+            pipeline.frontier_entry(
                 cut.keep_ratio,
                 built,
                 cut.multipliers,

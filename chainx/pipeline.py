@@ -86,16 +86,8 @@ def open_model(model: Path, read: ReadSettings) -> Source:
     normalised = normalise(original, read.input_name, read.output_name)
     check_convertible(normalised)
     prep = model_preprocessing(normalised, read.size, read.resize, read.mean, read.std)
-    return Source(
-        path=model,
-        original=original,
-        digest=digest,
-        normalised=normalised,
-        prep=prep,
-        kind=output_kind(normalised),
-        points=find_score_points(normalised),
-        read=read,
-    )
+    kind, points = output_kind(normalised), find_score_points(normalised)
+    return Source(model, original, digest, normalised, prep, kind, points, read)
 
 
 @dataclass

@@ -5,6 +5,7 @@ Skipped when ../shared is absent (a user's fresh clone).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,7 @@ def test_resnet20_chain_removes_90_percent_and_keeps_the_region(
         class_names=REPO / "tools" / "class_names" / "cifar10.txt",
         keep_ratio=0.07,
         finetune_steps=200,
+        frontier=(0.3, 0.15, 0.07, 0.03),
     ).to_json()
     assert data["summary"]["filters_removed_fraction"] >= 0.90
     assert data["metrics"]["region"]["agree"] == 20
@@ -69,9 +71,14 @@ def test_resnet20_chain_removes_90_percent_and_keeps_the_region(
     assert data["metrics"]["holdout"]["images"] == 200
     assert data["frozen_ops"] == []
 
+    frontier = json.loads((tmp_path / "chain" / "frontier.json").read_text())
+    assert [entry["keep_ratio"] for entry in frontier] == [0.3, 0.15, 0.07, 0.03]
+    assert all(entry["verified"] for entry in frontier)
+    assert frontier[0]["region"]["agreement"] >= 0.95  # 70 % removed keeps the region
     report = tmp_path / "chain" / "report.html"
     assert assert_report_images_ok(report) >= 220 + len(data["featuremaps"]) + len(data["filters"])
     # The CIFAR class names mark what the original gets wrong.
     assert "original misclassifies" in report.read_text(encoding="utf-8")
+    assert "<h2>Frontier" in report.read_text(encoding="utf-8")
     if CHROMIUM is not None:
         assert_report_renders(report, tmp_path / "shot.png")

@@ -126,9 +126,14 @@ def test_a_killed_runs_staging_folder_is_cleaned_up(tmp_path: Path) -> None:
 def _complete_or_absent(out: Path) -> bool:
     if not out.exists():
         return True
-    if {p.name for p in out.iterdir()} != {*OUTPUT_FILES, "featuremaps", "filters"}:
+    if not (out / "chain.json").is_file():
         return False
     data = json.loads((out / "chain.json").read_text())
+    # Every file chain.json lists (the frontier's only with --frontier), and no other.
+    if {p.name for p in out.iterdir()} != {*data["files"], "featuremaps", "filters"}:
+        return False
+    if set(data["files"]) != set(OUTPUT_FILES) - {"frontier.json"}:
+        return False
     onnx.checker.check_model(onnx.load(str(out / "chain.onnx")), full_check=True)
     return data["generator"] == "chainx" and (out / "chain.svg").stat().st_size > 0
 

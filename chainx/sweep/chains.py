@@ -10,6 +10,7 @@ import numpy as np
 from chainx.chain.export import chain_summary
 from chainx.images import ImageSet
 from chainx.pipeline import (
+    BuiltChain,
     Scores,
     Source,
     build_chain,
@@ -42,17 +43,20 @@ class TrialChains:
         self.originals = original_outputs(source, region, holdout)
         self.labels = folder_labels(region, class_names), folder_labels(holdout, class_names)
 
-    def main_entry(self, method: str, multipliers: dict[str, np.ndarray]) -> dict[str, Any]:
-        """The method at the chain's own budget, in today's record format."""
-        built = build_chain(
+    def _build(self, multipliers: dict[str, np.ndarray], record: dict[str, Any]) -> BuiltChain:
+        return build_chain(
             self.source,
             self.scores.scoring,
             multipliers,
             self.region,
             self.holdout,
-            {"method": method},
+            record,
             self.originals,
         )
+
+    def main_entry(self, method: str, multipliers: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The method at the chain's own budget, in today's record format."""
+        built = self._build(multipliers, {"method": method})
         verification, present = built.verification, built.present
         outputs = verification.outputs
         points = self.source.points
@@ -74,14 +78,6 @@ class TrialChains:
     def frontier_entry(
         self, method: str, keep_ratio: float, multipliers: dict[str, np.ndarray]
     ) -> dict[str, Any]:
-        built = build_chain(
-            self.source,
-            self.scores.scoring,
-            multipliers,
-            self.region,
-            self.holdout,
-            {"method": method, "frontier_keep_ratio": keep_ratio},
-            self.originals,
-        )
+        built = self._build(multipliers, {"method": method, "frontier_keep_ratio": keep_ratio})
         measured = measure_chain(built, self.source.kind, *self.labels)
         return frontier_entry(keep_ratio, built, multipliers, measured)

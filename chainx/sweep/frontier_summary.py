@@ -244,10 +244,12 @@ def stability_markdown(stability: dict[str, Any]) -> list[str]:
         "",
         "## Stability",
         "",
-        f"Jaccard overlap of the kept filters at keep ratio {_ratios(stability['keep_ratios'])}, "
-        "mean [95 % CI] over trials: seed, between the trial's chain and its chains from two "
-        "other seeds (a trial's two values averaged first); region, as recorded per trial "
-        "in `stability.region_jaccard`.",
+        "Jaccard overlap of the kept filters, at each chain's own budget (from "
+        f"{100 * min(stability['keep_ratios']):.1f} to {100 * max(stability['keep_ratios']):.1f}"
+        " % of the filters), mean [95 % CI] over trials: seed, between the trial's chain and "
+        "its chains from two other seeds (a trial's two values averaged first); region, "
+        "between the trial's chain and the chain of a re-drawn region of the same classes "
+        "(as many other images per class).",
         "",
         f"- seed Jaccard: {_cell(stability['seed_jaccard'], 3)} "
         f"({stability['seed_jaccard']['n']} trials)",
@@ -283,10 +285,20 @@ def frontier_figure(frontier: dict[str, Any]) -> Any:
         axes.axhline(
             frontier["chance_floor"]["mean"], color="grey", linestyle="--", label="chance floor"
         )
+    finish_plot(
+        figure,
+        "holdout class agreement with the original (%)",
+        "Fidelity–sparsity frontier, mean and 95 % CI over trials",
+    )
+    return figure
+
+
+def finish_plot(figure: Any, ylabel: str, title: str) -> None:  # noqa: ANN401
+    """Labels, grid and legend of a sweep plot against the filters removed."""
+    axes = figure.axes[0]
     axes.set_xlabel("filters removed (%)")
-    axes.set_ylabel("holdout class agreement with the original (%)")
-    axes.set_title("Fidelity–sparsity frontier, mean and 95 % CI over trials")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
-    return figure

@@ -12,6 +12,7 @@ import numpy as np
 
 from chainx.outputs import write_atomic
 from chainx.sweep.frontier_summary import (
+    finish_plot,
     frontier_figure,
     frontier_markdown,
     stability_markdown,
@@ -190,12 +191,11 @@ def _plot_sparsity(records: list[dict[str, Any]], path: Path) -> None:
             axes.scatter(
                 x, y, label=method, alpha=0.75, s=24, marker="*" if method == CHAIN else "o"
             )
-    axes.set_xlabel("filters removed (%)")
-    axes.set_ylabel("holdout top-1 agreement with the original (%)")
-    axes.set_title("Sparsity against holdout fidelity, one point per trial")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
+    finish_plot(
+        figure,
+        "holdout top-1 agreement with the original (%)",
+        "Sparsity against holdout fidelity, one point per trial",
+    )
     _save(figure, path)
 
 

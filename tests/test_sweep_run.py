@@ -177,6 +177,12 @@ def test_a_killed_sweep_keeps_its_finished_trials_and_resumes(tmp_path: Path) ->
     assert sorted(json.loads(line)["trial"] for line in lines(out)) == [0, 1, 2]
 
 
+def _interruptible() -> None:
+    """Ctrl-C as in a terminal, even when this test runs in a background job: such a job
+    inherits SIGINT ignored, and Python keeps an inherited SIG_IGN."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_the_workers_at_once_and_keeps_the_finished_trials(
     tmp_path: Path,
 ) -> None:
@@ -185,7 +191,7 @@ def test_ctrl_c_stops_the_workers_at_once_and_keeps_the_finished_trials(
     command = sweep_command(out, 40)
     process = subprocess.Popen(
         command, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
+        stderr=subprocess.STDOUT, text=True, preexec_fn=_interruptible,
     )  # fmt: skip
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not ((out / "trials.jsonl").exists() and lines(out)):

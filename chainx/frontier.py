@@ -17,10 +17,6 @@ class Frontier:
     entries: list[dict[str, Any]]  # frontier.json: one per budget, largest first
     files: dict[str, bytes]  # frontier.json and frontier/keep-<budget>.onnx
 
-    @property
-    def passed(self) -> bool:
-        return all(entry["verified"] for entry in self.entries)
-
 
 def frontier_chains(
     source: Source,

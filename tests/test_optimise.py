@@ -77,7 +77,7 @@ def test_a_cut_after_fine_tuning_meets_the_budget() -> None:
 def test_the_hinge_holds_a_fraction_of_each_original_margin(hold: float, active: bool) -> None:
     import torch
 
-    from chainx.scoring.optimise import Objective
+    from chainx.scoring.objective import Objective
 
     scoring = ScoringModel(MODEL, find_score_points(MODEL))
     scoring.gates.data.fill_(30.0)  # sigmoid(30) is 1 in float32: every multiplier is 1
@@ -119,3 +119,61 @@ def test_finetune_selection_keeps_the_selection_and_fits_its_scores() -> None:
         return float((np.exp(original) * (original - log_q)).sum(1).mean())
 
     assert kl(tuned) < kl(selection)
+
+
+def _with_head_scaled(factor: float) -> object:
+    """The sample with its classifier's weights and bias times `factor`: outputs that move
+    with the filters by `factor`² as many nats, as an untrained network's do."""
+    from onnx import numpy_helper
+
+    model = type(MODEL)()
+    model.CopyFrom(MODEL)
+    for tensor in model.graph.initializer:
+        if tensor.name in ("linear.weight", "linear.bias"):
+            tensor.CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(tensor) * factor, tensor.name)
+            )
+    return model
+
+
+def test_the_region_signal_is_the_kl_of_the_network_with_every_filter_off() -> None:
+    import torch
+
+    from chainx.scoring.objective import Objective, region_signal
+
+    signals = []
+    for factor in (1.0, 0.03, 0.0):
+        model = _with_head_scaled(factor)
+        scoring = ScoringModel(model, find_score_points(model))
+        objective = Objective(scoring, torch.from_numpy(IMAGES.array), "logits", 32, False, 0)
+        signals.append(region_signal(objective))
+    assert signals[0] > 1.0  # a trained 10-class network: about ln 10
+    assert 1e-5 < signals[1] < signals[0] / 50  # logits 33× smaller: far fewer nats
+    assert signals[2] == 0.0  # the head ignores its input
+
+
+def test_weak_outputs_give_a_chain_not_a_collapse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scaled to the region's signal, λ removes filters on a weak-output network as on a
+    trained one; unscaled, the L1 outweighs every KL step and all scores fall to 0."""
+    import chainx.scoring.optimise as optimise_module
+
+    model = _with_head_scaled(0.03)
+    settings = OptimiseSettings(steps=100, finetune_steps=10)
+    result = optimise(
+        ScoringModel(model, find_score_points(model)), IMAGES.array, "logits", settings
+    )
+    total = sum(len(m) for m in result.multipliers.values())
+    kept = sum(int((m != 0).sum()) for m in result.multipliers.values())
+    assert 0 < kept < total
+    assert result.signal is not None and result.signal < 0.05
+
+    monkeypatch.setattr(optimise_module, "STRONG_SIGNAL", 1e-9)  # no scaling
+    with pytest.raises(ChainxError, match="too strong"):
+        optimise(ScoringModel(model, find_score_points(model)), IMAGES.array, "logits", settings)
+
+
+def test_outputs_that_ignore_the_filters_are_refused_with_a_reason() -> None:
+    model = _with_head_scaled(0.0)
+    scoring = ScoringModel(model, find_score_points(model))
+    with pytest.raises(ChainxError, match="do not depend on its filters"):
+        optimise(scoring, IMAGES.array, "logits", OptimiseSettings(steps=5, finetune_steps=0))

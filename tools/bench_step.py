@@ -25,7 +25,7 @@ import torch
 from chainx.onnx.normalise import normalise
 from chainx.onnx.score_points import find_score_points
 from chainx.scoring.model import ScoringModel
-from chainx.scoring.optimise import Objective
+from chainx.scoring.objective import Objective
 
 if __package__:  # imported as tools.bench_step
     from tools.torch_export import export_classifier

@@ -20,117 +20,20 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from chainx.errors import ChainxError
 from chainx.scoring.frontier import FrontierRecorder
-from chainx.scoring.model import ScoringModel, log_probabilities
+from chainx.scoring.model import ScoringModel
+from chainx.scoring.objective import Objective, region_signal
 from chainx.scoring.settings import FrontierCut, OptimiseResult, OptimiseSettings, StepReport
 
-
-def _jitter(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal flips and shifts of up to 1/8 of the size: views of the same region."""
-    size = images.shape[-1]
-    shift = max(1, size // 8)
-    flips = torch.rand(len(images), generator=generator) < 0.5
-    images = torch.where(flips[:, None, None, None].to(images.device), images.flip(-1), images)
-    padded = torch.nn.functional.pad(images, (shift,) * 4, mode="reflect")
-    offsets = torch.randint(0, 2 * shift + 1, (len(images), 2), generator=generator)
-    return torch.stack(
-        [
-            padded[i, :, dy : dy + images.shape[-2], dx : dx + size]
-            for i, (dy, dx) in enumerate(offsets.tolist())
-        ]
-    )
-
-
-class Objective:
-    """KL to the original outputs over the region, in batches, plus the L1 term."""
-
-    def __init__(
-        self,
-        scoring: ScoringModel,
-        images: torch.Tensor,
-        kind: str,
-        batch_size: int,
-        augment: bool,
-        seed: int,
-    ) -> None:
-        self.scoring = scoring
-        self.kind = kind
-        self.images = list(torch.split(images, batch_size))
-        self.augment = augment and images.shape[-1] >= 8
-        self.generator = torch.Generator().manual_seed(seed)
-        self.count = len(images)
-        self.fixed: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-
-    def _targets(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return log_probabilities(self.scoring.unscored(images), self.kind)
-
-    def _batches(self, augment: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The region in batches with the original's log-probabilities as targets.
-
-        Unjittered targets never change, so they are computed once.
-        """
-        if not augment:
-            if self.fixed is None:
-                self.fixed = [(images, self._targets(images)) for images in self.images]
-            return self.fixed
-        jittered = [_jitter(images, self.generator) for images in self.images]
-        return [(images, self._targets(images)) for images in jittered]
-
-    def step(
-        self,
-        lam: float = 0.0,
-        augment: bool = False,
-        hinge: float = 0.0,
-        margin: float = 0.0,
-        hold: float | None = None,
-    ) -> tuple[float, float, float]:
-        """Backward of the loss; returns (loss, kl, top-1 agreement).
-
-        The loss is KL + λ·mean|score| + hinge·mean(relu(rival − top + want)), where `top` is
-        the original's top-1 class, `rival` the best other class, and `want` the margin to
-        keep: `margin`, or with `hold` that fraction of the original's own margin, capped
-        at `margin`. The L1 is a mean over all filters so that one λ weighs the same on a
-        small and a large model.
-        """
-        kl_total, agree, hinge_total = 0.0, 0, 0.0
-        for batch, target in self._batches(augment and self.augment):
-            log_q = log_probabilities(self.scoring(batch), self.kind)
-            kl = (target.exp() * (target - log_q)).sum(dim=-1).sum() / self.count
-            if hinge:
-                top = target.argmax(-1, keepdim=True)
-                rivals = log_q.scatter(-1, top, float("-inf")).max(-1).values
-                gap = rivals - log_q.gather(-1, top).squeeze(-1)
-                want = torch.full_like(gap, margin)
-                if hold is not None:
-                    original_rivals = target.scatter(-1, top, float("-inf")).max(-1).values
-                    original_gap = target.gather(-1, top).squeeze(-1) - original_rivals
-                    want = torch.clamp(hold * original_gap, max=margin)
-                term = hinge * torch.relu(gap + want).sum() / self.count
-                hinge_total += float(term.detach())
-                kl = kl + term
-            if not torch.isfinite(kl):
-                raise ChainxError(
-                    "the KL divergence became NaN or Inf during optimisation. Check the "
-                    "images and preprocessing (--mean/--std), or lower --lam."
-                )
-            kl.backward()
-            kl_total += float(kl.detach())
-            agree += int((log_q.argmax(-1) == target.argmax(-1)).sum())
-        loss = kl_total
-        if lam:
-            scores = torch.cat(
-                [s * m for s, m in zip(self.scoring.scores, self.scoring.masks, strict=True)]
-            )
-            l1 = lam * scores.abs().mean()
-            l1.backward()
-            loss += float(l1.detach())
-        return loss, kl_total - hinge_total, agree / self.count
+# Nats by which the region's outputs change with every filter off (`region_signal`).
+SILENT_SIGNAL = 1e-5  # below: nothing to explain
+STRONG_SIGNAL = 1.0  # below: λ, the KL budget and the margin scale down with the signal
 
 
 def _kept(scoring: ScoringModel, tau: float) -> int:
@@ -165,7 +68,9 @@ def _gradual_keep(step: int, total: int, keep_ratio: float) -> float:
     return keep_ratio + (1 - keep_ratio) * (1 - progress) ** 3
 
 
-def _threshold(scoring: ScoringModel, settings: OptimiseSettings, by_budget: bool = True) -> None:
+def _threshold(
+    scoring: ScoringModel, settings: OptimiseSettings, lam: float, by_budget: bool = True
+) -> None:
     if settings.keep_ratio is not None and by_budget:
         _keep_top(scoring, settings.keep_ratio, final=True)
     else:
@@ -174,8 +79,8 @@ def _threshold(scoring: ScoringModel, settings: OptimiseSettings, by_budget: boo
             scoring.masks = [v > settings.tau for v in values]
     if not any(mask.any() for mask in scoring.masks):
         raise ChainxError(
-            f"every filter scored below the threshold τ={settings.tau}: λ={settings.lam} is "
-            f"too strong for this model. Try --lam {settings.lam / 4:g} or set --keep-ratio."
+            f"every filter scored below the threshold τ={settings.tau}: λ={lam:g} is "
+            f"too strong for this model. Try --lam {lam / 4:g} or set --keep-ratio."
         )
 
 
@@ -226,6 +131,31 @@ def _objective(
     )
 
 
+def scaled_to_signal(settings: OptimiseSettings, signal: float, images: int) -> OptimiseSettings:
+    """The settings for a region whose outputs carry `signal` nats (`region_signal`).
+
+    Why: λ, the KL budget and the margin are in nats of a trained classifier's outputs. Where
+    the filters move the outputs by less than STRONG_SIGNAL (an untrained network, near-
+    uniform outputs), every L1 step outweighs the KL it costs and all filters fall together;
+    scaled by the signal, the trade-off is the same as on a trained network. No signal at
+    all leaves nothing to explain.
+    """
+    if signal < SILENT_SIGNAL:
+        raise ChainxError(
+            f"the model's outputs on the {images} region images do not depend on its filters: "
+            f"with every filter removed they change by {signal:.1e} nats (KL), so there is "
+            "nothing to explain. Untrained weights often answer the same for every input. Check that the model holds trained weights and that the "
+            "images are preprocessed as it expects (--mean/--std)."
+        )
+    scale = min(1.0, signal / STRONG_SIGNAL)
+    if scale == 1.0:
+        return settings
+    budget = settings.kl_budget * scale if settings.kl_budget is not None else None
+    return replace(
+        settings, lam=settings.lam * scale, kl_budget=budget, margin=settings.margin * scale
+    )
+
+
 def optimise(
     scoring: ScoringModel,
     images: np.ndarray,
@@ -243,6 +173,9 @@ def optimise(
     torch.manual_seed(settings.seed)
     started = time.perf_counter()
     objective = _objective(scoring, images, kind, settings)
+    requested_lam = settings.lam
+    signal = region_signal(objective)
+    settings = scaled_to_signal(settings, signal, len(images))
     history: list[StepReport] = []
 
     def report(phase: str, step: int, total: int, loss: float, kl: float, agree: float) -> None:
@@ -294,12 +227,12 @@ def optimise(
     if settings.keep_ratio is not None and not settings.gradual:
         # Fine-tune everything above τ first, then cut to the budget and fine-tune again:
         # the scores the first fine-tuning settles rank the filters better than phase 1's.
-        _threshold(scoring, settings, by_budget=False)
+        _threshold(scoring, settings, requested_lam, by_budget=False)
         _finetune(scoring, objective, params, settings, report)
-        _threshold(scoring, settings)
+        _threshold(scoring, settings, requested_lam)
         final = _finetune(scoring, objective, params, settings, report, "fine-tune (budget)")
     else:
-        _threshold(scoring, settings)
+        _threshold(scoring, settings, requested_lam)
         final = _finetune(scoring, objective, params, settings, report)
 
     gates = torch.sigmoid(scoring.gates).detach().cpu().numpy()
@@ -313,6 +246,7 @@ def optimise(
         seconds=time.perf_counter() - started,
         history=history,
         frontier=cuts,
+        signal=signal,
     )
 
 

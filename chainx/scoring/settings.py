@@ -61,3 +61,4 @@ class OptimiseResult:
     seconds: float
     history: list[StepReport] = field(default_factory=list)
     frontier: list[FrontierCut] = field(default_factory=list)
+    signal: float | None = None  # nats the region's outputs lose with every filter off

@@ -157,6 +157,8 @@ def extract(
             "optimisation": {
                 "steps": scores.result.steps,
                 "finetune_steps": scores.result.finetune_steps,
+                # Nats the region's outputs lose with every filter off; below 1, λ scaled.
+                "region_signal": scores.result.signal,
             },
         },
         "timings": timings,

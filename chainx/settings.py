@@ -79,6 +79,7 @@ OPTIMISE_OPTIONS = (
     "gradual",
     "hinge",
     "hold_margin",
+    "views",
     "seed",
     "device",
 )

@@ -177,3 +177,34 @@ def test_outputs_that_ignore_the_filters_are_refused_with_a_reason() -> None:
     scoring = ScoringModel(model, find_score_points(model))
     with pytest.raises(ChainxError, match="do not depend on its filters"):
         optimise(scoring, IMAGES.array, "logits", OptimiseSettings(steps=5, finetune_steps=0))
+
+
+def test_views_are_new_each_step_with_the_original_on_the_same_views_as_targets() -> None:
+    import torch
+
+    from chainx.scoring.objective import Objective
+
+    scoring = ScoringModel(MODEL, find_score_points(MODEL))
+    region = torch.from_numpy(IMAGES.array)
+    objective = Objective(scoring, region, "logits", 32, False, 0, views=4)
+    first, second = objective.batches(False), objective.batches(False)
+    views = torch.cat([batch for batch, _ in first])
+    assert len(views) == 4 * len(region)
+    assert not torch.equal(views, torch.cat([batch for batch, _ in second]))
+    for batch, target in first:
+        expected = torch.log_softmax(scoring.unscored(batch), -1)
+        torch.testing.assert_close(target, expected)
+
+
+def test_with_views_the_chain_is_the_best_fine_tuning_step_on_the_region_itself() -> None:
+    from chainx.chain.verify import log_softmax
+
+    reports = []
+    settings = OptimiseSettings(steps=40, finetune_steps=15, views=2, keep_ratio=0.2)
+    result, images = _run(settings, reports.append)
+    scoring = ScoringModel(MODEL, find_score_points(MODEL))
+    ones = {p.layer: np.ones(p.channels) for p in scoring.points}
+    original = log_softmax(scoring.masked(images, ones), "logits").argmax(1)
+    chain = log_softmax(scoring.masked(images, result.multipliers), "logits").argmax(1)
+    tuned = [r.agreement for r in reports if r.phase == "fine-tune"]
+    assert float((chain == original).mean()) >= max(tuned)

@@ -72,6 +72,15 @@ HoldMarginOption = Annotated[
         "during sparsification too.",
     ),
 ]
+ViewsOption = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="Each step, this many random views of every region image (flipped and shifted, "
+        "half of them blended with another region image), the original's outputs on the same "
+        "views as targets; 0: the region images as they are.",
+    ),
+]
 FrontierOption = Annotated[
     str | None,
     typer.Option(
@@ -116,6 +125,7 @@ EXTRACT_OPTIONS: dict[str, tuple[object, object]] = {
     "gradual": (GradualOption, True),
     "hinge": (HingeOption, 1.0),
     "hold_margin": (HoldMarginOption, None),
+    "views": (ViewsOption, 0),
     "class_names": (ClassNamesOption, None),
     "input_name": (InputOption, None),
     "output_name": (OutputOption, None),

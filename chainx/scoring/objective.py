@@ -25,8 +25,25 @@ def _jitter(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     )
 
 
+def _mix(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image blended with another image of the batch at a random weight: views on the
+    way between two region images, often of the two classes, which probe the boundary."""
+    count = len(images)
+    if count < 2:
+        return images
+    shifts = torch.randint(1, count, (count,), generator=generator)  # never the image itself
+    partners = (torch.arange(count) + shifts) % count
+    weights = torch.rand(count, generator=generator).to(images.device)[:, None, None, None]
+    return weights * images + (1 - weights) * images[partners.to(images.device)]
+
+
 class Objective:
-    """KL to the original outputs over the region, in batches, plus the L1 term."""
+    """KL to the original outputs over the region, in batches, plus the L1 term.
+
+    With `views` > 0, every step sees new random views of the region instead of the region
+    itself, in both phases: per image, `views` of them, alternately jittered and blended
+    with another region image; the targets are the original's outputs on the same views.
+    """
 
     def __init__(
         self,
@@ -36,11 +53,16 @@ class Objective:
         batch_size: int,
         augment: bool,
         seed: int,
+        views: int = 0,
     ) -> None:
         self.scoring = scoring
         self.kind = kind
+        self.region = images
+        self.batch_size = batch_size
         self.images = list(torch.split(images, batch_size))
-        self.augment = augment and images.shape[-1] >= 8
+        self.can_jitter = images.shape[-1] >= 8
+        self.augment = augment and self.can_jitter
+        self.views = views
         self.generator = torch.Generator().manual_seed(seed)
         self.count = len(images)
         self.fixed: list[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -50,16 +72,39 @@ class Objective:
             return log_probabilities(self.scoring.unscored(images), self.kind)
 
     def batches(self, augment: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The region in batches with the original's log-probabilities as targets.
+        """The region in batches with the original's log-probabilities as targets: the
+        random views (`views`), the jittered region (`augment`, phase 1), or the region.
 
-        Unjittered targets never change, so they are computed once.
+        The region's targets never change, so they are computed once.
         """
-        if not augment:
-            if self.fixed is None:
-                self.fixed = [(images, self._targets(images)) for images in self.images]
-            return self.fixed
+        if self.views:
+            return [(images, self._targets(images)) for images in self._views()]
+        if not (augment and self.augment):
+            return self.clean()
         jittered = [_jitter(images, self.generator) for images in self.images]
         return [(images, self._targets(images)) for images in jittered]
+
+    def clean(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if self.fixed is None:
+            self.fixed = [(images, self._targets(images)) for images in self.images]
+        return self.fixed
+
+    def _views(self) -> list[torch.Tensor]:
+        views = []
+        for index in range(self.views):
+            jittered = _jitter(self.region, self.generator) if self.can_jitter else self.region
+            views.append(jittered if index % 2 == 0 else _mix(jittered, self.generator))
+        return list(torch.split(torch.cat(views), self.batch_size))
+
+    def evaluate(self) -> tuple[float, float]:
+        """(KL, top-1 agreement) on the region itself, without gradients."""
+        kl, agree = 0.0, 0
+        with torch.no_grad():
+            for batch, target in self.clean():
+                log_q = log_probabilities(self.scoring(batch), self.kind)
+                kl += float((target.exp() * (target - log_q)).sum())
+                agree += int((log_q.argmax(-1) == target.argmax(-1)).sum())
+        return kl / self.count, agree / self.count
 
     def step(
         self,
@@ -78,9 +123,11 @@ class Objective:
         small and a large model.
         """
         kl_total, agree, hinge_total = 0.0, 0, 0.0
-        for batch, target in self.batches(augment and self.augment):
+        batches = self.batches(augment)
+        count = sum(len(batch) for batch, _ in batches)
+        for batch, target in batches:
             log_q = log_probabilities(self.scoring(batch), self.kind)
-            kl = (target.exp() * (target - log_q)).sum(dim=-1).sum() / self.count
+            kl = (target.exp() * (target - log_q)).sum(dim=-1).sum() / count
             if hinge:
                 top = target.argmax(-1, keepdim=True)
                 rivals = log_q.scatter(-1, top, float("-inf")).max(-1).values
@@ -90,7 +137,7 @@ class Objective:
                     original_rivals = target.scatter(-1, top, float("-inf")).max(-1).values
                     original_gap = target.gather(-1, top).squeeze(-1) - original_rivals
                     want = torch.clamp(hold * original_gap, max=margin)
-                term = hinge * torch.relu(gap + want).sum() / self.count
+                term = hinge * torch.relu(gap + want).sum() / count
                 hinge_total += float(term.detach())
                 kl = kl + term
             if not torch.isfinite(kl):
@@ -109,7 +156,7 @@ class Objective:
             l1 = lam * scores.abs().mean()
             l1.backward()
             loss += float(l1.detach())
-        return loss, kl_total - hinge_total, agree / self.count
+        return loss, kl_total - hinge_total, agree / count
 
 
 def region_signal(objective: Objective) -> float:
@@ -122,7 +169,7 @@ def region_signal(objective: Objective) -> float:
     scoring = objective.scoring
     total = 0.0
     with torch.no_grad():
-        for images, target in objective.batches(augment=False):
+        for images, target in objective.clean():
             off = [torch.zeros(p.channels, device=images.device) for p in scoring.points]
             log_q = log_probabilities(scoring.run(images, off), objective.kind)
             total += float((target.exp() * (target - log_q)).sum())

@@ -100,6 +100,9 @@ def _finetune(
         loss, kl, agree = objective.step(
             hinge=settings.hinge, margin=settings.margin, hold=settings.hold_margin
         )
+        if objective.views:
+            # Judged on the region, not on this step's random views.
+            kl, agree = objective.evaluate()
         # Keep the best state seen: highest agreement, then lowest KL.
         if best is None or (agree, -kl) > (best[0], -best[1]):
             best = (agree, kl, [m.detach().clone() for m in scoring.multipliers()])
@@ -128,6 +131,7 @@ def _objective(
         settings.batch_size,
         settings.augment,
         settings.seed,
+        settings.views,
     )
 
 
@@ -144,8 +148,9 @@ def scaled_to_signal(settings: OptimiseSettings, signal: float, images: int) -> 
         raise ChainxError(
             f"the model's outputs on the {images} region images do not depend on its filters: "
             f"with every filter removed they change by {signal:.1e} nats (KL), so there is "
-            "nothing to explain. Untrained weights often answer the same for every input. Check that the model holds trained weights and that the "
-            "images are preprocessed as it expects (--mean/--std)."
+            "nothing to explain. Untrained weights often answer the same for every input. "
+            "Check that the model holds trained weights and that the images are preprocessed "
+            "as it expects (--mean/--std)."
         )
     scale = min(1.0, signal / STRONG_SIGNAL)
     if scale == 1.0:

@@ -23,6 +23,7 @@ class OptimiseSettings:
     seed: int = 0
     device: str = "cpu"
     augment: bool = False
+    views: int = 0  # random views per region image and step, both phases; 0: the region
     margin: float = 1.0
     hinge: float = 1.0
     hold_margin: float | None = None

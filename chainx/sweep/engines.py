@@ -36,9 +36,17 @@ def gpu_count() -> int:
     return torch_gpu_count()
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: fewer than the machine's under taskset or a
+    container's CPU set, where a thread per machine core would oversubscribe them."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def default_workers() -> int:
-    """One worker per GPU, or else one per core (each trial then runs on one thread)."""
-    return gpu_count() or max(1, os.cpu_count() or 1)
+    """One worker per GPU, or else one per usable core (each trial then runs on one thread)."""
+    return gpu_count() or usable_cores()
 
 
 def _start_worker(gpus: Any, threads: int) -> None:
@@ -78,7 +86,7 @@ def run_local(specs: list[TrialSpec], workers: int) -> Iterator[Outcome]:
         queue = context.Manager().Queue()
         for index in range(workers):
             queue.put(index % gpus)
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, usable_cores() // workers)
     pool = context.Pool(workers, initializer=_start_worker, initargs=(queue, threads))
     finished = False
     try:

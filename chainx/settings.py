@@ -80,6 +80,8 @@ OPTIMISE_OPTIONS = (
     "hinge",
     "hold_margin",
     "views",
+    "temperature",
+    "class_weight",
     "seed",
     "device",
 )

@@ -81,6 +81,18 @@ ViewsOption = Annotated[
         "views as targets; 0: the region images as they are.",
     ),
 ]
+TemperatureOption = Annotated[
+    float,
+    typer.Option(min=0.01, help="Temperature T of the KL to the original's outputs (×T²)."),
+]
+ClassWeightOption = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        help="Weight of a second KL, restricted to the classes the original predicts on the "
+        "region: the region's own decision, above the other classes.",
+    ),
+]
 FrontierOption = Annotated[
     str | None,
     typer.Option(
@@ -126,6 +138,8 @@ EXTRACT_OPTIONS: dict[str, tuple[object, object]] = {
     "hinge": (HingeOption, 1.0),
     "hold_margin": (HoldMarginOption, None),
     "views": (ViewsOption, 0),
+    "temperature": (TemperatureOption, 1.0),
+    "class_weight": (ClassWeightOption, 0.0),
     "class_names": (ClassNamesOption, None),
     "input_name": (InputOption, None),
     "output_name": (OutputOption, None),

@@ -54,6 +54,8 @@ class Objective:
         augment: bool,
         seed: int,
         views: int = 0,
+        temperature: float = 1.0,
+        class_weight: float = 0.0,
     ) -> None:
         self.scoring = scoring
         self.kind = kind
@@ -63,6 +65,9 @@ class Objective:
         self.can_jitter = images.shape[-1] >= 8
         self.augment = augment and self.can_jitter
         self.views = views
+        self.temperature = temperature
+        self.class_weight = class_weight
+        self.classes: torch.Tensor | None = None  # the original's top-1 classes on the region
         self.generator = torch.Generator().manual_seed(seed)
         self.count = len(images)
         self.fixed: list[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -96,13 +101,35 @@ class Objective:
             views.append(jittered if index % 2 == 0 else _mix(jittered, self.generator))
         return list(torch.split(torch.cat(views), self.batch_size))
 
+    def region_classes(self) -> torch.Tensor:
+        if self.classes is None:
+            top = torch.cat([target.argmax(-1) for _, target in self.clean()])
+            self.classes = torch.unique(top)
+        return self.classes
+
+    def fidelity(self, target: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+        """The loss of fidelity summed over a batch: KL(original ‖ chain), at `temperature`
+        (×T², Hinton et al. 2015), plus `class_weight` × the KL of the two restricted to
+        the region's classes, the decision the region is about."""
+        if self.temperature == 1.0:
+            loss = _kl(target, log_q)
+        else:
+            t = self.temperature
+            soft = [torch.log_softmax(x / t, dim=-1) for x in (target, log_q)]
+            loss = _kl(*soft) * t * t
+        if self.class_weight:
+            classes = self.region_classes().to(target.device)
+            restricted = [torch.log_softmax(x[:, classes], dim=-1) for x in (target, log_q)]
+            loss = loss + self.class_weight * _kl(*restricted)
+        return loss
+
     def evaluate(self) -> tuple[float, float]:
         """(KL, top-1 agreement) on the region itself, without gradients."""
         kl, agree = 0.0, 0
         with torch.no_grad():
             for batch, target in self.clean():
                 log_q = log_probabilities(self.scoring(batch), self.kind)
-                kl += float((target.exp() * (target - log_q)).sum())
+                kl += float(_kl(target, log_q))
                 agree += int((log_q.argmax(-1) == target.argmax(-1)).sum())
         return kl / self.count, agree / self.count
 
@@ -127,7 +154,7 @@ class Objective:
         count = sum(len(batch) for batch, _ in batches)
         for batch, target in batches:
             log_q = log_probabilities(self.scoring(batch), self.kind)
-            kl = (target.exp() * (target - log_q)).sum(dim=-1).sum() / count
+            kl = self.fidelity(target, log_q) / count
             if hinge:
                 top = target.argmax(-1, keepdim=True)
                 rivals = log_q.scatter(-1, top, float("-inf")).max(-1).values
@@ -159,6 +186,11 @@ class Objective:
         return loss, kl_total - hinge_total, agree / count
 
 
+def _kl(target: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) summed over a batch, from log-probabilities."""
+    return (target.exp() * (target - log_q)).sum()
+
+
 def region_signal(objective: Objective) -> float:
     """Mean KL(original ‖ the network with every scored filter off) over the region, nats.
 
@@ -172,7 +204,7 @@ def region_signal(objective: Objective) -> float:
         for images, target in objective.clean():
             off = [torch.zeros(p.channels, device=images.device) for p in scoring.points]
             log_q = log_probabilities(scoring.run(images, off), objective.kind)
-            total += float((target.exp() * (target - log_q)).sum())
+            total += float(_kl(target, log_q))
     signal = total / objective.count
     # NaN (the network cannot run with every filter off): count it as a strong signal.
     return signal if signal == signal else float("inf")

@@ -132,6 +132,8 @@ def _objective(
         settings.augment,
         settings.seed,
         settings.views,
+        settings.temperature,
+        settings.class_weight,
     )
 
 

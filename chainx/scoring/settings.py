@@ -24,6 +24,8 @@ class OptimiseSettings:
     device: str = "cpu"
     augment: bool = False
     views: int = 0  # random views per region image and step, both phases; 0: the region
+    temperature: float = 1.0  # of the KL to the original
+    class_weight: float = 0.0  # of the KL restricted to the region's classes
     margin: float = 1.0
     hinge: float = 1.0
     hold_margin: float | None = None

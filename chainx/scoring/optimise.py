@@ -21,6 +21,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -69,7 +70,11 @@ def _gradual_keep(step: int, total: int, keep_ratio: float) -> float:
 
 
 def _threshold(
-    scoring: ScoringModel, settings: OptimiseSettings, lam: float, by_budget: bool = True
+    scoring: ScoringModel,
+    settings: OptimiseSettings,
+    lam: float,
+    history: list[StepReport],
+    by_budget: bool = True,
 ) -> None:
     if settings.keep_ratio is not None and by_budget:
         _keep_top(scoring, settings.keep_ratio, final=True)
@@ -77,11 +82,25 @@ def _threshold(
         with torch.no_grad():
             values = [m.detach() for m in scoring.multipliers()]
             scoring.masks = [v > settings.tau for v in values]
-    if not any(mask.any() for mask in scoring.masks):
+    if any(mask.any() for mask in scoring.masks):
+        return
+    total = sum(len(mask) for mask in scoring.masks)
+    kept = [r.kept for r in history if r.phase == "sparsify"]
+    # The count kept just before it first fell to none.
+    last = next((before for before, now in pairwise(kept) if now == 0 < before), 0)
+    if last > total // 2:
         raise ChainxError(
-            f"every filter scored below the threshold τ={settings.tau}: λ={lam:g} is "
-            f"too strong for this model. Try --lam {lam / 4:g} or set --keep-ratio."
+            f"every filter fell below the threshold τ={settings.tau} at once ({last:,} of "
+            f"{total:,} were kept the step before): the scores fell together because the KL "
+            "could not tell the filters apart. A layer that feeds a normalisation over its "
+            "channels (LayerNorm, as in ConvNeXt) is blind to a uniform scaling. Set "
+            "--keep-ratio (e.g. 0.1): a budget cuts by rank while sparsifying, which the "
+            f"outputs do notice; or lower --lam (e.g. {lam / 4:g})."
         )
+    raise ChainxError(
+        f"every filter scored below the threshold τ={settings.tau}: λ={lam:g} is "
+        f"too strong for this model. Try --lam {lam / 4:g} or set --keep-ratio."
+    )
 
 
 def _finetune(
@@ -234,12 +253,12 @@ def optimise(
     if settings.keep_ratio is not None and not settings.gradual:
         # Fine-tune everything above τ first, then cut to the budget and fine-tune again:
         # the scores the first fine-tuning settles rank the filters better than phase 1's.
-        _threshold(scoring, settings, requested_lam, by_budget=False)
+        _threshold(scoring, settings, requested_lam, history, by_budget=False)
         _finetune(scoring, objective, params, settings, report)
-        _threshold(scoring, settings, requested_lam)
+        _threshold(scoring, settings, requested_lam, history)
         final = _finetune(scoring, objective, params, settings, report, "fine-tune (budget)")
     else:
-        _threshold(scoring, settings, requested_lam)
+        _threshold(scoring, settings, requested_lam, history)
         final = _finetune(scoring, objective, params, settings, report)
 
     gates = torch.sigmoid(scoring.gates).detach().cpu().numpy()

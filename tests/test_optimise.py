@@ -189,7 +189,8 @@ def test_views_are_new_each_step_with_the_original_on_the_same_views_as_targets(
     objective = Objective(scoring, region, "logits", 32, False, 0, views=4)
     first, second = objective.batches(False), objective.batches(False)
     views = torch.cat([batch for batch, _ in first])
-    assert len(views) == 4 * len(region)
+    assert len(views) == 5 * len(region)
+    torch.testing.assert_close(views[: len(region)], region)  # the region, then its views
     assert not torch.equal(views, torch.cat([batch for batch, _ in second]))
     for batch, target in first:
         expected = torch.log_softmax(scoring.unscored(batch), -1)

@@ -76,9 +76,9 @@ ViewsOption = Annotated[
     int,
     typer.Option(
         min=0,
-        help="Each step, this many random views of every region image (flipped and shifted, "
-        "half of them blended with another region image), the original's outputs on the same "
-        "views as targets; 0: the region images as they are.",
+        help="Each step, the region and this many random views of every region image "
+        "(flipped and shifted, half of them blended with another region image), the "
+        "original's outputs on the same views as targets; 0: the region images alone.",
     ),
 ]
 TemperatureOption = Annotated[

@@ -40,9 +40,9 @@ def _mix(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 class Objective:
     """KL to the original outputs over the region, in batches, plus the L1 term.
 
-    With `views` > 0, every step sees new random views of the region instead of the region
-    itself, in both phases: per image, `views` of them, alternately jittered and blended
-    with another region image; the targets are the original's outputs on the same views.
+    With `views` > 0, every step sees the region and new random views of it, in both
+    phases: per image, `views` of them, alternately jittered and blended with another
+    region image; the targets are the original's outputs on the same views.
     """
 
     def __init__(
@@ -95,7 +95,7 @@ class Objective:
         return self.fixed
 
     def _views(self) -> list[torch.Tensor]:
-        views = []
+        views = [self.region]  # the region itself keeps anchoring the fit
         for index in range(self.views):
             jittered = _jitter(self.region, self.generator) if self.can_jitter else self.region
             views.append(jittered if index % 2 == 0 else _mix(jittered, self.generator))

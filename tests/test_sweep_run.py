@@ -210,6 +210,27 @@ def test_ctrl_c_stops_the_workers_at_once_and_keeps_the_finished_trials(
     assert not _group_alive(process.pid)  # no worker of the sweep is left running
 
 
+def test_sigterm_stops_the_workers_too(tmp_path: Path) -> None:
+    """`kill` reaches the sweep alone; its workers must not run on as orphans."""
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        sweep_command(out, 40), cwd=REPO, start_new_session=True, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not ((out / "trials.jsonl").exists() and lines(out)):
+        time.sleep(0.2)
+    process.terminate()  # SIGTERM to the sweep's own process only
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 143, output
+    assert "rerun the same command to resume" in " ".join(output.split())
+    assert json.loads((out / "summary.json").read_text())["trials"] == len(lines(out))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and _group_alive(process.pid):
+        time.sleep(0.2)
+    assert not _group_alive(process.pid)
+
+
 def _group_alive(group: int) -> bool:
     try:
         os.killpg(group, 0)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -136,7 +139,7 @@ def sweep_command(
             optimise=settings.optimise,
         )
         worker_count = workers or default_workers()
-        with progress() as bar:
+        with progress() as bar, _stopped_by_sigterm():
             shown = TrialProgress(bar, trials, out / "trials.jsonl", worker_count, ray)
             result = run_sweep(
                 config,
@@ -149,12 +152,12 @@ def sweep_command(
             )
     except ChainxError as error:
         fail(error)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stopped) as stop:
         console.print(
             f"[bold yellow]interrupted:[/] the finished trials are in {out / 'trials.jsonl'}; "
             "rerun the same command to resume."
         )
-        raise typer.Exit(130) from None
+        raise typer.Exit(143 if isinstance(stop, Stopped) else 130) from None
     print_sweep_summary(result.summary)
     for name in OUTPUT_FILES:
         if (out / name).exists():
@@ -165,6 +168,25 @@ def sweep_command(
             "retry them."
         )
         raise typer.Exit(1)
+
+
+class Stopped(Exception):
+    """SIGTERM (`kill`, a job scheduler) during a sweep."""
+
+
+@contextlib.contextmanager
+def _stopped_by_sigterm() -> Iterator[None]:
+    """SIGTERM stops a sweep as Ctrl-C does: the pool's workers are terminated with it,
+    where the default handler would end this process alone and leave them running."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise Stopped
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _baselines(text: str) -> tuple[str, ...]:

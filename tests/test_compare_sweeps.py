@@ -26,6 +26,7 @@ def _sweep(folder: Path, shift: float, regions: str = "r") -> Path:
         ]
         record = {
             "trial": trial,
+            "classes": ["a", "b"],
             "region": [f"{regions}{trial}.jpg"],
             "optimise_s": 10.0,
             "methods": {"neurochains": {"frontier": frontier}},
@@ -48,5 +49,12 @@ def test_a_uniform_shift_is_found_in_every_trial(tmp_path: Path) -> None:
 def test_sweeps_of_other_regions_are_not_paired(tmp_path: Path) -> None:
     reference = _sweep(tmp_path / "a", 0.0)
     other = _sweep(tmp_path / "b", 0.0, regions="s")
-    with pytest.raises(SystemExit, match="different regions"):
+    with pytest.raises(SystemExit, match="region differ"):
         compare([reference, other], ["a", "b"], None)
+
+
+def test_by_classes_pairs_sweeps_of_other_region_sizes(tmp_path: Path) -> None:
+    reference = _sweep(tmp_path / "a", 0.0)
+    larger = _sweep(tmp_path / "b", 0.05, regions="s")
+    text = compare([reference, larger], ["10", "50"], None, by_classes=True)
+    assert "+5.0 [+5.0, +5.0], 6/6 better" in text

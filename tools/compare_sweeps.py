@@ -2,15 +2,16 @@
 
 Each sweep folder ran the same trials (the same DATA, --seed and class draws) with another
 recipe; its NeuroChains frontier is one variant. The first folder is the reference; every
-other is compared with it on the trials both hold, region for region:
+other is compared with it on the trials both hold, region for region (with --by-classes,
+class pair for class pair: sweeps of another --per-class):
 
     .venv/bin/python tools/compare_sweeps.py build/sweep_r20_frontier build/lever_views \\
         --names defaults,views --trials 20
 
-prints, per variant and budget, the within-class holdout agreement, the region agreement and
-the filters removed (mean [95 % CI]); the area under the frontier over the range every
-variant spans in the trial; the difference from the reference on both, paired by trial with
-the two-sided Wilcoxon signed-rank test; and the seconds per trial.
+prints, per variant and budget, the within-class holdout agreement, the region agreement
+and the filters removed (mean [95 % CI]); the area under the frontier over the range every
+variant spans in the trial; the difference from the reference on both, paired by trial
+with the two-sided Wilcoxon signed-rank test; and the optimisation seconds per trial.
 """
 
 from __future__ import annotations
@@ -84,12 +85,15 @@ def trial_aucs(records: list[dict[str, Any]], budgets: list[float]) -> list[floa
     return [frontier_auc(points, low, high) for points in curves]
 
 
-def compare(folders: list[Path], names: list[str], trials: int | None) -> str:
+def compare(
+    folders: list[Path], names: list[str], trials: int | None, by_classes: bool = False
+) -> str:
     runs = [read_trials(folder) for folder in folders]
     common = sorted(set.intersection(*(set(run) for run in runs)))[:trials]
+    key = "classes" if by_classes else "region"
     for index in common:
-        if len({tuple(run[index]["region"]) for run in runs}) != 1:
-            raise SystemExit(f"trial {index}: the sweeps drew different regions; not paired")
+        if len({tuple(run[index][key]) for run in runs}) != 1:
+            raise SystemExit(f"trial {index}: the sweeps' {key} differ; not paired")
     budgets = sorted(set.intersection(*(set(frontier(run[common[0]])) for run in runs)))[::-1]
     lines = [f"{len(common)} trials paired: {', '.join(map(str, common))}", ""]
     header = "| variant | " + " | ".join(f"keep {b:g}" for b in budgets)
@@ -137,11 +141,16 @@ def main() -> None:
     )
     parser.add_argument("--names", help="comma-separated variant names [default: folder names]")
     parser.add_argument("--trials", type=int, help="only the first this many common trials")
+    parser.add_argument(
+        "--by-classes",
+        action="store_true",
+        help="pair trials of the same class pair whose regions differ (other --per-class)",
+    )
     args = parser.parse_args()
     names = args.names.split(",") if args.names else [folder.name for folder in args.folders]
     if len(names) != len(args.folders):
         raise SystemExit("--names needs one name per folder")
-    print(compare(args.folders, names, args.trials))
+    print(compare(args.folders, names, args.trials, args.by_classes))
 
 
 if __name__ == "__main__":

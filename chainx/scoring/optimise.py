@@ -323,6 +323,8 @@ def finetune_selection(
     methods are compared at the same physical size.
     """
     objective = _objective(scoring, images, kind, settings)
+    # The margin in the units NeuroChains' own fine-tuning used on this region.
+    settings = scaled_to_signal(settings, region_signal(objective), len(images))
     kept = [torch.from_numpy(selection[p.layer] != 0).to(settings.device) for p in scoring.points]
     with torch.no_grad():
         for score, mask in zip(scoring.scores, kept, strict=True):

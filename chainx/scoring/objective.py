@@ -26,8 +26,8 @@ def _jitter(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def _mix(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Each image blended with another image of the batch at a random weight: views on the
-    way between two region images, often of the two classes, which probe the boundary."""
+    """Each image blended with another of `images` (the region) at a random weight: views on
+    the way between two region images, often of the two classes, which probe the boundary."""
     count = len(images)
     if count < 2:
         return images

@@ -332,3 +332,16 @@ def test_an_unreadable_image_is_skipped_and_named_or_with_strict_fails_the_trial
     strict = plan_trials(config(data=data, per_class=5, strict=True), 1)[0]
     with pytest.raises(ChainxError, match="broken.png: not a readable image"):
         run_trial(strict)
+
+
+def test_workers_and_threads_follow_the_cores_the_process_may_use() -> None:
+    """Under taskset (or a container's CPU set) to one core, one worker of one thread,
+    not one per machine core."""
+    code = (
+        "import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
+        "from chainx.sweep.engines import usable_cores; print(usable_cores())"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert shown.stdout.strip() == "1"

@@ -13,6 +13,11 @@ zero, so under a strong L1 all scores fall together; a deep network without norm
 (EfficientNet-Lite0: 49 convs, BN folded) then collapses before the KL can tell filters
 apart, and dead ReLUs stop it from recovering. A mild λ first separates the filters (about
 70% removed at full agreement there), and the growing λ then removes the rest.
+
+Why scale to the region's signal: λ and the KL budget are in nats of a trained classifier,
+which loses about ln(classes) nats with every filter off. Where the outputs move by far less
+(untrained weights, near-uniform outputs), every L1 step outweighs the KL it costs, and all
+filters fall together at any λ (docs/method.md).
 """
 
 from __future__ import annotations

@@ -142,13 +142,14 @@ def _finetune(
 
 def _objective(
     scoring: ScoringModel, images: np.ndarray, kind: str, settings: OptimiseSettings
-) -> Objective:
-    """The scoring model on the settings' device, and the region's objective there."""
+) -> tuple[Objective, OptimiseSettings, float]:
+    """The scoring model on the settings' device, the region's objective there, the
+    settings scaled to the region's signal (`scaled_to_signal`), and that signal."""
     device = torch.device(settings.device)
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # shrinking scores make denormals, 3x slower steps
     scoring.to(device)
-    return Objective(
+    objective = Objective(
         scoring,
         torch.from_numpy(images).to(device),
         kind,
@@ -159,6 +160,8 @@ def _objective(
         settings.temperature,
         settings.class_weight,
     )
+    signal = region_signal(objective)
+    return objective, scaled_to_signal(settings, signal, len(images)), signal
 
 
 def scaled_to_signal(settings: OptimiseSettings, signal: float, images: int) -> OptimiseSettings:
@@ -203,10 +206,8 @@ def optimise(
     """
     torch.manual_seed(settings.seed)
     started = time.perf_counter()
-    objective = _objective(scoring, images, kind, settings)
     requested_lam = settings.lam
-    signal = region_signal(objective)
-    settings = scaled_to_signal(settings, signal, len(images))
+    objective, settings, signal = _objective(scoring, images, kind, settings)
     history: list[StepReport] = []
 
     def report(phase: str, step: int, total: int, loss: float, kl: float, agree: float) -> None:
@@ -327,9 +328,8 @@ def finetune_selection(
     scores are kept ≥ `min_score` instead: every selected filter stays in the chain, so all
     methods are compared at the same physical size.
     """
-    objective = _objective(scoring, images, kind, settings)
-    # The margin in the units NeuroChains' own fine-tuning used on this region.
-    settings = scaled_to_signal(settings, region_signal(objective), len(images))
+    # The margin scaled to the region's signal, as NeuroChains' own fine-tuning used it.
+    objective, settings, _ = _objective(scoring, images, kind, settings)
     kept = [torch.from_numpy(selection[p.layer] != 0).to(settings.device) for p in scoring.points]
     with torch.no_grad():
         for score, mask in zip(scoring.scores, kept, strict=True):

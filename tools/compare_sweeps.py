@@ -21,68 +21,61 @@ import json
 from pathlib import Path
 from typing import Any
 
-from chainx.chain.metrics import frontier_auc, mean_ci, paired_test
+from chainx.chain.metrics import mean_ci
+from chainx.sweep.frontier_summary import (
+    CLASS_AGREEMENT_KEYS,
+    ci_cell,
+    entry_value,
+    paired_or_none,
+    trial_aucs,
+)
 from chainx.sweep.plan import CHAIN
 
-CLASS_AGREEMENT = ("holdout", "class_agreement")
 REGION_AGREEMENT = ("region", "agreement")
 
 
 def read_trials(folder: Path) -> dict[int, dict[str, Any]]:
+    """A sweep's trials with a NeuroChains frontier, by trial index."""
     records = [json.loads(line) for line in (folder / "trials.jsonl").read_text().splitlines()]
-    return {record["trial"]: record for record in records if line_ok(record)}
-
-
-def line_ok(record: dict[str, Any]) -> bool:
-    return bool(record.get("methods", {}).get(CHAIN, {}).get("frontier"))
-
-
-def value(entry: dict[str, Any], keys: tuple[str, ...]) -> float | None:
-    found: Any = entry
-    for key in keys:
-        found = found.get(key) if isinstance(found, dict) else None
-    return None if found is None else 100 * float(found)
+    return {r["trial"]: r for r in records if r.get("methods", {}).get(CHAIN, {}).get("frontier")}
 
 
 def frontier(record: dict[str, Any]) -> dict[float, dict[str, Any]]:
     return {entry["keep_ratio"]: entry for entry in record["methods"][CHAIN]["frontier"]}
 
 
+def percent(entry: dict[str, Any], keys: tuple[str, ...]) -> float | None:
+    return entry_value(entry, keys, 100)
+
+
 def cell(values: list[float], decimals: int = 1) -> str:
-    if not values:
+    return ci_cell(mean_ci(values) if values else None, decimals)
+
+
+def difference(test: dict[str, Any] | None) -> str:
+    if test is None:
         return "–"
-    ci = mean_ci(values)
-    return f"{ci['mean']:.{decimals}f} [{ci['low']:.{decimals}f}, {ci['high']:.{decimals}f}]"
+    if test["wilcoxon_p"] is None:  # every trial the same: no interval or test to show
+        return f"{test['difference']['mean']:+.1f}"
+    compared = test["wins"] + test["losses"] + test["ties"]
+    shown = ci_cell(test["difference"], 1, signed=True)
+    return f"{shown}, {test['wins']}/{compared} better, p = {test['wilcoxon_p']:.2g}"
 
 
-def difference(test: dict[str, Any]) -> str:
-    ci = test["difference"]
-    p = test["wilcoxon_p"]
-    return (
-        f"{ci['mean']:+.1f} [{ci['low']:+.1f}, {ci['high']:+.1f}], "
-        f"{test['wins']}/{test['wins'] + test['losses'] + test['ties']} better, "
-        f"p = {p:.2g}"
-        if p is not None
-        else f"{ci['mean']:+.1f}"
-    )
-
-
-def trial_aucs(records: list[dict[str, Any]], budgets: list[float]) -> list[float | None]:
-    """Each variant's mean within-class holdout agreement over the range of fractions
-    removed that every variant spans in this trial, at the budgets they all have."""
-    curves = [
-        [
-            (entry["filters_removed_fraction"], v)
-            for budget, entry in frontier(record).items()
-            if budget in budgets and (v := value(entry, CLASS_AGREEMENT)) is not None
-        ]
-        for record in records
-    ]
-    if not all(curves):
-        return [None] * len(records)
-    low = max(min(x for x, _ in points) for points in curves)
-    high = min(max(x for x, _ in points) for points in curves)
-    return [frontier_auc(points, low, high) for points in curves]
+def variant_aucs(
+    index: int, runs: list[dict[int, dict[str, Any]]], names: list[str], budgets: list[float]
+) -> dict[str, float | None]:
+    """Each variant's area under the frontier in one trial, as the sweep summary computes it
+    for methods: the variants as the methods of one record, at the budgets they all have."""
+    record = {
+        "trial": index,
+        "methods": {
+            name: {"frontier": [frontier(run[index])[budget] for budget in budgets]}
+            for name, run in zip(names, runs, strict=True)
+        },
+    }
+    aucs = trial_aucs(record, names)
+    return {name: (aucs or {}).get("auc", {}).get(name) for name in names}
 
 
 def compare(
@@ -99,37 +92,34 @@ def compare(
     header = "| variant | " + " | ".join(f"keep {b:g}" for b in budgets)
     lines += [header + " | area under the frontier | optimisation s per trial |"]
     lines += ["| --- " * (len(budgets) + 3) + "|"]
-    aucs = [trial_aucs([run[i] for run in runs], budgets) for i in common]
-    for column, (name, run) in enumerate(zip(names, runs, strict=True)):
+    aucs = [variant_aucs(i, runs, names, budgets) for i in common]
+    for name, run in zip(names, runs, strict=True):
         cells = []
         for budget in budgets:
             entries = [frontier(run[i])[budget] for i in common]
             removed = cell([100 * e["filters_removed_fraction"] for e in entries])
-            holdout = cell([v for e in entries if (v := value(e, CLASS_AGREEMENT)) is not None])
-            region = cell([v for e in entries if (v := value(e, REGION_AGREEMENT)) is not None])
+            holdout = cell(
+                [v for e in entries if (v := percent(e, CLASS_AGREEMENT_KEYS)) is not None]
+            )
+            region = cell([v for e in entries if (v := percent(e, REGION_AGREEMENT)) is not None])
             cells.append(f"{holdout}<br>region {region}<br>removed {removed}")
-        area = cell([a[column] for a in aucs if a[column] is not None])
+        area = cell([a[name] for a in aucs if a[name] is not None])
         seconds = cell([run[i]["optimise_s"] for i in common], 0)
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {area} | {seconds} |")
     lines += ["", "Paired against the reference (within-class holdout agreement, points):", ""]
-    for column, (name, run) in enumerate(zip(names[1:], runs[1:], strict=True), start=1):
+    for name, run in zip(names[1:], runs[1:], strict=True):
         parts = []
         for budget in budgets:
             pairs = [
                 (
-                    value(frontier(run[i])[budget], CLASS_AGREEMENT),
-                    value(frontier(runs[0][i])[budget], CLASS_AGREEMENT),
+                    percent(frontier(run[i])[budget], CLASS_AGREEMENT_KEYS),
+                    percent(frontier(runs[0][i])[budget], CLASS_AGREEMENT_KEYS),
                 )
                 for i in common
             ]
-            known = [(a, b) for a, b in pairs if a is not None and b is not None]
-            if known:
-                test = paired_test([a for a, _ in known], [b for _, b in known])
-                parts.append(f"keep {budget:g}: {difference(test)}")
-        known = [(a[column], a[0]) for a in aucs if a[column] is not None and a[0] is not None]
-        if known:
-            test = paired_test([a for a, _ in known], [b for _, b in known])
-            parts.append(f"area: {difference(test)}")
+            parts.append(f"keep {budget:g}: {difference(paired_or_none(pairs))}")
+        area = paired_or_none([(a[name], a[names[0]]) for a in aucs])
+        parts.append(f"area: {difference(area)}")
         lines.append(f"- **{name}** − {names[0]}: " + "; ".join(parts))
     return "\n".join(lines)
 
@@ -148,8 +138,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     names = args.names.split(",") if args.names else [folder.name for folder in args.folders]
-    if len(names) != len(args.folders):
-        raise SystemExit("--names needs one name per folder")
+    if len(names) != len(args.folders) or len(set(names)) != len(names):
+        raise SystemExit("--names needs one distinct name per folder")
     print(compare(args.folders, names, args.trials, args.by_classes))
 
 

@@ -24,7 +24,7 @@ CLASS_AGREEMENT_KEYS = ("holdout", "class_agreement")
 CHANCE_KEYS = ("holdout", "chance", "class_agreement")
 
 
-def _read(entry: dict[str, Any], keys: tuple[str, ...], scale: float) -> float | None:
+def entry_value(entry: dict[str, Any], keys: tuple[str, ...], scale: float) -> float | None:
     value: Any = entry
     for key in keys:
         value = value.get(key) if isinstance(value, dict) else None
@@ -55,20 +55,20 @@ def _budget_rows(records: list[dict[str, Any]], method: str) -> list[dict[str, A
         entries = [e for r in records if (e := _at_budget(r, method, ratio)) is not None]
         row: dict[str, Any] = {"keep_ratio": ratio, "trials": len(entries)}
         for column, keys, scale, _ in COLUMNS:
-            values = [v for e in entries if (v := _read(e, keys, scale)) is not None]
+            values = [v for e in entries if (v := entry_value(e, keys, scale)) is not None]
             row[column] = mean_ci(values) if values else None
         rows.append(row)
     return rows
 
 
-def _trial_aucs(record: dict[str, Any], methods: list[str]) -> dict[str, Any] | None:
+def trial_aucs(record: dict[str, Any], methods: list[str]) -> dict[str, Any] | None:
     """Each method's mean holdout class agreement (%) over the widest range of fractions
     removed that every method's budgets span in this trial."""
     curves = {
         method: [
             (e["filters_removed_fraction"], value)
             for e in _frontier(record, method)
-            if (value := _read(e, CLASS_AGREEMENT_KEYS, 100)) is not None
+            if (value := entry_value(e, CLASS_AGREEMENT_KEYS, 100)) is not None
         ]
         for method in methods
     }
@@ -81,7 +81,7 @@ def _trial_aucs(record: dict[str, Any], methods: list[str]) -> dict[str, Any] | 
     return {"trial": record["trial"], "low": low, "high": high, "auc": aucs}
 
 
-def _paired(
+def paired_or_none(
     pairs: list[tuple[float | None, float | None]],
 ) -> dict[str, Any] | None:
     known = [(a, b) for a, b in pairs if a is not None and b is not None]
@@ -94,7 +94,7 @@ def _chance(record: dict[str, Any], methods: list[str]) -> float | None:
     """The trial's chance floor; the original's, so any method's entry holds it."""
     for method in methods:
         for entry in _frontier(record, method):
-            if (value := _read(entry, CHANCE_KEYS, 100)) is not None:
+            if (value := entry_value(entry, CHANCE_KEYS, 100)) is not None:
                 return value
     return None
 
@@ -104,7 +104,7 @@ def summarise_frontier(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     methods = _frontier_methods(records)
     if not methods:
         return None
-    trials = [t for r in records if (t := _trial_aucs(r, methods)) is not None]
+    trials = [t for r in records if (t := trial_aucs(r, methods)) is not None]
     aucs = {method: [t["auc"].get(method) for t in trials] for method in methods}
     chances = [c for r in records if (c := _chance(r, methods)) is not None]
     ratios = sorted(
@@ -117,14 +117,14 @@ def summarise_frontier(records: list[dict[str, Any]]) -> dict[str, Any] | None:
         for ratio in ratios:
             pairs = [
                 (
-                    _read(_at_budget(r, CHAIN, ratio) or {}, CLASS_AGREEMENT_KEYS, 100),
-                    _read(_at_budget(r, method, ratio) or {}, CLASS_AGREEMENT_KEYS, 100),
+                    entry_value(_at_budget(r, CHAIN, ratio) or {}, CLASS_AGREEMENT_KEYS, 100),
+                    entry_value(_at_budget(r, method, ratio) or {}, CLASS_AGREEMENT_KEYS, 100),
                 )
                 for r in records
             ]
-            budgets.append({"keep_ratio": ratio, "test": _paired(pairs)})
+            budgets.append({"keep_ratio": ratio, "test": paired_or_none(pairs)})
         auc_pairs = list(zip(aucs[CHAIN], aucs[method], strict=True))
-        paired[method] = {"budgets": budgets, "auc": _paired(auc_pairs)}
+        paired[method] = {"budgets": budgets, "auc": paired_or_none(auc_pairs)}
     return {
         "budgets": ratios,
         "methods": {method: _budget_rows(records, method) for method in methods},
@@ -156,7 +156,7 @@ def summarise_stability(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
-def _cell(ci: dict[str, Any] | None, decimals: int, signed: bool = False) -> str:
+def ci_cell(ci: dict[str, Any] | None, decimals: int, signed: bool = False) -> str:
     if ci is None:
         return "–"
     sign = "+" if signed else ""
@@ -175,7 +175,7 @@ def _test_row(method: str, at: str, test: dict[str, Any] | None) -> str:
         return f"| {method} | {at} | – | – | – |"
     p = "–" if test["wilcoxon_p"] is None else f"{test['wilcoxon_p']:.3g}"
     record = f"{test['wins']} / {test['losses']} / {test['ties']}"
-    return f"| {method} | {at} | {_cell(test['difference'], 1, signed=True)} | {record} | {p} |"
+    return f"| {method} | {at} | {ci_cell(test['difference'], 1, signed=True)} | {record} | {p} |"
 
 
 def frontier_markdown(frontier: dict[str, Any]) -> list[str]:
@@ -196,7 +196,7 @@ def frontier_markdown(frontier: dict[str, Any]) -> list[str]:
         lines += ["", f"### {method}", "", "| " + " | ".join(header) + " |"]
         lines.append("| --- " * len(header) + "|")
         for row in rows:
-            cells = [_cell(row[column], decimals) for column, _, _, decimals in COLUMNS]
+            cells = [ci_cell(row[column], decimals) for column, _, _, decimals in COLUMNS]
             lines.append(f"| {row['keep_ratio']:g} | {row['trials']} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -213,8 +213,8 @@ def frontier_markdown(frontier: dict[str, Any]) -> list[str]:
         "| method | AUC (mean holdout class agreement %) |",
         "| --- | --- |",
     ]
-    lines += [f"| {method} | {_cell(ci, 1)} |" for method, ci in frontier["auc"].items()]
-    lines.append(f"| chance floor | {_cell(frontier['chance_floor'], 1)} |")
+    lines += [f"| {method} | {ci_cell(ci, 1)} |" for method, ci in frontier["auc"].items()]
+    lines.append(f"| chance floor | {ci_cell(frontier['chance_floor'], 1)} |")
     if frontier["paired"]:
         lines += [
             "",
@@ -251,9 +251,9 @@ def stability_markdown(stability: dict[str, Any]) -> list[str]:
         "between the trial's chain and the chain of a re-drawn region of the same classes "
         "(as many other images per class).",
         "",
-        f"- seed Jaccard: {_cell(stability['seed_jaccard'], 3)} "
+        f"- seed Jaccard: {ci_cell(stability['seed_jaccard'], 3)} "
         f"({stability['seed_jaccard']['n']} trials)",
-        f"- region Jaccard: {_cell(stability['region_jaccard'], 3)} "
+        f"- region Jaccard: {ci_cell(stability['region_jaccard'], 3)} "
         f"({stability['region_jaccard']['n']} trials)",
     ]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from chainx.chain.result import ExtractResult, LayerResult
-from chainx.errors import ChainxError
+from chainx.errors import ChainxError, UnfaithfulChainError
 from chainx.scoring.settings import OptimiseSettings
 from chainx.settings import ExtractSettings, ReadSettings
 from chainx.version import __version__
@@ -23,6 +23,7 @@ __all__ = [
     "LayerResult",
     "OptimiseSettings",
     "ReadSettings",
+    "UnfaithfulChainError",
     "__version__",
     "extract",
 ]
@@ -44,7 +45,8 @@ def extract(
     `resize`, `mean`, `std` (sequences of floats), `keep_ratio`, `steps`, `finetune_steps`,
     `hold_margin`, `filter_images`, `seed`, `device`, `input`, `output`, ... Nothing is
     written unless `out` is given (or `result.save(...)` is called). A bad input raises
-    ChainxError with the message the CLI prints. The result is returned even when the
+    ChainxError with the message the CLI prints, and so does a chain that keeps half or
+    fewer of the region's predictions (UnfaithfulChainError). The result is returned even when the
     verification fails: check `result.verification.passed`.
     """
     from chainx.extraction import extract as run_pipeline

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from chainx.chain.export import chain_summary
 from chainx.chain.result import ExtractResult, LayerGraph, layer_results
-from chainx.chain.verify import model_cost
+from chainx.chain.verify import ChainVerification, model_cost
+from chainx.errors import UnfaithfulChainError
 from chainx.frontier import frontier_chains
 from chainx.onnx.graph import GraphIndex
 from chainx.pipeline import Listener, build_chain, open_model, optimise_scores
@@ -26,6 +27,23 @@ from chainx.version import __version__
 FRONTIER_SUMMARY = ("keep_ratio", "filters_kept", "verified", "chain")
 
 
+def refuse_unfaithful(verification: ChainVerification, summary: dict) -> None:
+    """A chain that keeps half or fewer of the region's predictions explains nothing (a
+    two-class region gives half to a chain that always answers one class): stop before
+    anything is drawn or written, and say what to change."""
+    region = verification.region
+    if 2 * region.agree > region.images:
+        return
+    raise UnfaithfulChainError(
+        f"the chain keeps only {region.agree} of the region's {region.images} predictions "
+        f"with {summary['filters_kept']:,} of {summary['filters_total']:,} filters: half or "
+        "fewer, so it does not explain the region and no chain was written. Keep more "
+        "filters (a larger --keep-ratio, a smaller --lam or --tau) or optimise longer "
+        "(--steps, --finetune-steps); if the original's own predictions on these images look "
+        "wrong, check the preprocessing (--size, --resize, --mean, --std)."
+    )
+
+
 def extract(
     model: str | Path,
     images: str | Path,
@@ -39,7 +57,8 @@ def extract(
     """Extract, verify and draw the chain of `model` on the region `images`.
 
     Nothing is written unless `out` is given. The result is returned even when the
-    verification fails (`result.verification.passed`).
+    verification fails (`result.verification.passed`); a chain that does not reproduce the
+    region raises UnfaithfulChainError instead.
     """
     settings = settings or ExtractSettings()
     listener = listener or Listener()
@@ -76,6 +95,7 @@ def extract(
         source, scores.scoring, scores.result.multipliers, region, held, settings_record
     )
     timings["export_s"], timings["verify_s"] = chain.export_s, chain.verify_s
+    refuse_unfaithful(chain.verification, chain_summary(scores.result.multipliers, chain.present))
     class_names = read_class_names(settings.read.class_names)
     frontier = None
     if settings.frontier:

@@ -106,6 +106,22 @@ def test_a_bad_input_raises_the_cli_message(tmp_path: Path) -> None:
     assert str(raised.value) in " ".join(outcome.output.split())
 
 
+def test_a_chain_that_keeps_half_the_region_or_less_is_refused(tmp_path: Path) -> None:
+    # One filter of 168 cannot tell the region's 3s from its 8s.
+    options = {"resize": 28, "keep_ratio": 0.01, "finetune_steps": 0, "filter_images": 0}
+    with pytest.raises(chainx.UnfaithfulChainError, match=r"keeps only \d+ of the region's 20"):
+        chainx.extract(SAMPLE_MODEL, SAMPLE_REGION, out=tmp_path / "api.chain", **options)
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in options.items()]
+    out = tmp_path / "cli.chain"
+    outcome = CliRunner().invoke(
+        app, ["extract", str(SAMPLE_MODEL), str(SAMPLE_REGION), "--out", str(out), *flags]
+    )
+    assert outcome.exit_code == 1
+    assert "no chain was written" in " ".join(outcome.output.split())
+    assert "--keep-ratio" in outcome.output
+    assert not list(tmp_path.iterdir())  # neither call left a folder behind
+
+
 def test_an_unknown_option_names_the_options() -> None:
     with pytest.raises(chainx.ChainxError, match="unknown option 'keep_raito'.*keep_ratio"):
         chainx.extract(SAMPLE_MODEL, SAMPLE_REGION, keep_raito=0.1)

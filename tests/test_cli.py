@@ -198,18 +198,22 @@ def test_an_op_without_a_rule_is_frozen_and_reported(tmp_path: Path) -> None:
 
 
 class _FixedBatch(nn.Module):
-    """Exported for a batch of exactly 1: the flatten bakes the 1 into a Reshape."""
+    """Exported for a batch of exactly 1: the flatten bakes the 1 into a Reshape (and a
+    constant image of batch 1 concatenated to the input, into the Concat too)."""
 
-    def __init__(self, downsample: bool = False) -> None:
+    def __init__(self, downsample: bool = False, token: bool = False) -> None:
         super().__init__()
         self.downsample = downsample
-        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.token = nn.Parameter(torch.randn(1, 1, 28, 28)) if token else None
+        self.conv1 = nn.Conv2d(2 if token else 1, 8, 3, padding=1)
         self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
         self.fc = nn.Linear(8, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.downsample:  # nearest downsampling rounds differently in torch and ONNX
             x = nn.functional.interpolate(x, size=(8, 8), mode="nearest")
+        if self.token is not None:
+            x = torch.cat([x, self.token], dim=1)
         x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
         return self.fc(nn.functional.adaptive_avg_pool2d(x, 1).view(1, -1))
 
@@ -224,13 +228,19 @@ def _export_fixed(module: nn.Module, path: Path) -> Path:
     return path
 
 
-def test_a_model_with_a_fixed_batch_of_one_is_extracted(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("token", "chain_batch"), [(False, "batch"), (True, 1)])
+def test_a_model_with_a_fixed_batch_of_one_is_extracted(
+    tmp_path: Path, token: bool, chain_batch: str | int
+) -> None:
+    # Batched where only its Reshape holds the 1; one image at a time where a Concat does.
     torch.manual_seed(0)
-    model = _export_fixed(_FixedBatch(), tmp_path / "fixed.onnx")
+    model = _export_fixed(_FixedBatch(token=token), tmp_path / "fixed.onnx")
     result = invoke("extract", model, SAMPLE_REGION, "--out", tmp_path / "out", *QUICK)
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "out" / "chain.json").read_text())
     assert data["metrics"]["exactness"]["passed"]
+    batch = onnx.load(tmp_path / "out" / "chain.onnx").graph.input[0].type.tensor_type.shape.dim[0]
+    assert (batch.dim_param or batch.dim_value) == chain_batch
 
 
 def test_a_model_torch_computes_differently_is_refused_before_optimising(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from chainx.onnx.passes.channel_shuffle import ShuffleToGather
 from chainx.onnx.passes.complete_shapes import CompleteShapes
 from chainx.onnx.passes.expand_gelu import ExpandGelu
 from chainx.onnx.passes.explicit_auto_pad import ExplicitAutoPad
+from chainx.onnx.passes.free_batch import FreeFixedBatch
 from chainx.onnx.passes.infer_shapes import InferShapes
 from chainx.onnx.passes.initializer_inputs import InitializerInputsAsConstants
 from chainx.onnx.passes.name_nodes import NameNodes
@@ -238,6 +239,25 @@ def test_initializers_listed_as_inputs_become_constants() -> None:
     assert not InitializerInputsAsConstants()(result.model).modified
 
 
+def test_an_ir_3_model_declares_the_ir_its_opset_needs_once_initializers_are_constants() -> None:
+    model = model_with_weights(
+        """
+        <ir_version: 3, opset_import: ["" : 8]>
+        net (float[1, 3, 6, 6] input, float[4, 3, 3, 3] w) => (float[1, 4, 6, 6] out) {
+            out = Conv <pads = [1, 1, 1, 1]> (input, w)
+        }
+        """,
+        {"w": (4, 3, 3, 3)},
+    )
+    upgraded = UpgradeOpset()(model).model
+    assert upgraded.ir_version == 3  # onnx's converter leaves the IR version as it was
+    result = InitializerInputsAsConstants()(upgraded)
+    assert result.model.ir_version == onnx.helper.find_min_ir_version_for(
+        list(result.model.opset_import)
+    )
+    onnx.checker.check_model(result.model, full_check=True)  # IR 3 would reject the constants
+
+
 def test_optimize_drops_identity_lifts_constants_and_keeps_batchnorm() -> None:
     model = model_with_weights(
         """
@@ -443,3 +463,47 @@ def test_run_tensors_reads_inner_tensors_in_batches() -> None:
     probe = with_outputs(model, ["c", "out", "c"])
     assert [o.name for o in probe.graph.output] == ["out", "c"]
     assert [o.name for o in model.graph.output] == ["out"]
+
+
+def fixed_batch_model(body: str, constants: dict[str, list[int]], out: str) -> onnx.ModelProto:
+    model = model_with_weights(
+        f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        net (float[1, 3, 4, 4] input) => (float[{out}] out) {{
+            c = Conv (input, w)
+            {body}
+        }}
+        """,
+        {"w": (2, 3, 1, 1)},
+    )
+    for name, value in constants.items():
+        model.graph.initializer.append(numpy_helper.from_array(np.array(value, np.int64), name))
+    return InferShapes()(NameNodes()(model).model).model
+
+
+def test_free_fixed_batch_frees_the_reshapes_and_keeps_the_outputs() -> None:
+    model = fixed_batch_model("out = Reshape (c, shape)", {"shape": [1, 32]}, "1, 32")
+    result = FreeFixedBatch()(model)
+    assert result.modified
+    assert result.model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    x = images(5, 3, 4, 4)
+    batched = outputs_on(result.model, x)[0]
+    alone = np.concatenate([outputs_on(model, x[i : i + 1])[0] for i in range(5)])
+    np.testing.assert_allclose(batched, alone, rtol=1e-6)
+
+
+def test_free_fixed_batch_keeps_a_batch_baked_elsewhere() -> None:
+    # A token of batch 1 concatenated to every image, as a ViT's class token: freeing only
+    # the Reshape would break the model, and the check on a batch of images finds it.
+    model = fixed_batch_model(
+        "r = Reshape (c, shape)\n            out = Concat <axis = 1> (r, token)",
+        {"shape": [1, 8, 4]},
+        "1, 9, 4",
+    )
+    model.graph.initializer.append(numpy_helper.from_array(images(1, 1, 4), "token"))
+    assert not FreeFixedBatch()(model).modified
+
+
+def test_free_fixed_batch_leaves_a_free_batch_alone() -> None:
+    model = InferShapes()(model_with_weights(CONV_RELU, {"w": (4, 3, 3, 3)})).model
+    assert not FreeFixedBatch()(model).modified

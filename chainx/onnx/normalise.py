@@ -12,6 +12,7 @@ from chainx.onnx.passes.allowzero import DropNeedlessAllowzero
 from chainx.onnx.passes.channel_shuffle import ShuffleToGather
 from chainx.onnx.passes.complete_shapes import CompleteShapes
 from chainx.onnx.passes.explicit_auto_pad import ExplicitAutoPad
+from chainx.onnx.passes.free_batch import FreeFixedBatch
 from chainx.onnx.passes.infer_shapes import InferShapes
 from chainx.onnx.passes.initializer_inputs import InitializerInputsAsConstants
 from chainx.onnx.passes.name_nodes import NameNodes
@@ -34,6 +35,8 @@ def normalise(
     model = UpgradeOpset()(model).model
     model = DowngradeOpset()(model).model
     model = InitializerInputsAsConstants()(model).model
+    # Before the optimiser, which would call unnamed nodes "node", "node_1", …
+    model = NameNodes()(model).model
     try:
         model = Optimize()(model).model
     except Exception as exc:  # onnxscript raises many unrelated types for a model it rejects
@@ -53,4 +56,7 @@ def normalise(
     shuffled = ShuffleToGather()(model)
     if shuffled.modified:
         model = InferShapes()(shuffled.model).model
+    freed = FreeFixedBatch()(model)
+    if freed.modified:
+        model = InferShapes()(freed.model).model
     return model

@@ -59,10 +59,11 @@ def _providers() -> tuple[str, ...]:
 
 
 def session(
-    model: onnx.ModelProto | Path, optimised: bool = False, cpu: bool = False
+    model: onnx.ModelProto | Path, optimised: bool = False, cpu: bool = False, quiet: bool = False
 ) -> ort.InferenceSession:
+    """`quiet` for a probe that may fail: onnxruntime then logs nothing, not even errors."""
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4 if quiet else 3
     if not optimised:
         # With fusions off a difference in the graph cannot hide behind a rewrite.
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

@@ -65,6 +65,16 @@ def _fourier_image(spectrum: torch.Tensor, size: int) -> torch.Tensor:
     return torch.sigmoid(image)
 
 
+def _run_probe(
+    module: torch.nn.Module, x: torch.Tensor, fixed_batch: int | None
+) -> list[torch.Tensor]:
+    """The scored layers' outputs; a model with a fixed batch runs in pieces of that size."""
+    if not fixed_batch or len(x) == fixed_batch:
+        return list(module(x)[1:])
+    pieces = [module(chunk)[1:] for chunk in torch.split(x, fixed_batch)]
+    return [torch.cat(layer) for layer in zip(*pieces, strict=True)]
+
+
 def _transform(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random jitter, scale and rotation, so that only robust patterns survive."""
     count = len(images)
@@ -99,13 +109,15 @@ def visualise(
     mean = torch.tensor(prep.mean, dtype=torch.float32).reshape(1, -1, 1, 1)
     std = torch.tensor(prep.std, dtype=torch.float32).reshape(1, -1, 1, 1)
     which = [layers.index(t.layer) for t in targets]
+    batch = chain.graph.input[0].type.tensor_type.shape.dim[0]
+    fixed_batch = batch.dim_value if batch.HasField("dim_value") else None
     positions = torch.tensor([t.position for t in targets])
     for _ in range(steps):
         adam.zero_grad()
         pixels = _transform(_fourier_image(spectrum, size), generator)
         if prep.channels == 1:
             pixels = pixels.mean(dim=1, keepdim=True)
-        outputs = module((pixels - mean) / std)[1:]
+        outputs = _run_probe(module, (pixels - mean) / std, fixed_batch)
         responses = torch.stack(
             [outputs[layer][i, positions[i]].mean() for i, layer in enumerate(which)]
         )

@@ -1,0 +1,89 @@
+"""Free a model exported with a fixed batch of 1, so that every stage can batch its images."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from chainx.onnx.passes.base import ModelPass, PassResult
+from chainx.onnx.runtime import MODEL_ERRORS, session
+
+BATCH = "batch"
+PROBE_IMAGES = 3
+# Relative to the largest |output|: batching must not change any output beyond float noise.
+TOLERANCE = 1e-5
+
+
+class FreeFixedBatch(ModelPass):
+    """A batch-1 model runs one image at a time, 20× the steps of a batched one; most bake
+    the 1 only into the input, the output and their Reshapes' constant shapes.
+
+    Those shapes keep the batch as -1 (or 0, "copy", where -1 is taken), the input and
+    output get a free batch, and onnxruntime must give, on a batch of random images, what
+    the model gives on each alone. Otherwise (a batch baked into an Expand, a Concat, …)
+    the model stays as it was and runs one image at a time.
+    """
+
+    def call(self, model: onnx.ModelProto) -> PassResult:
+        graph = model.graph
+        if not _fixed_batch_of_one(graph.input[0]):
+            return PassResult(model, modified=False)
+        freed = onnx.ModelProto.FromString(model.SerializeToString())
+        if not _free_reshapes(freed.graph):
+            return PassResult(model, modified=False)
+        for info in (*freed.graph.input, *freed.graph.output):
+            dims = info.type.tensor_type.shape.dim
+            if dims and dims[0].HasField("dim_value") and dims[0].dim_value == 1:
+                dims[0].dim_param = BATCH
+        del freed.graph.value_info[:]  # inferred again by the caller, with the free batch
+        return PassResult(freed, True) if _same_outputs(model, freed) else PassResult(model, False)
+
+
+def _fixed_batch_of_one(info: onnx.ValueInfoProto) -> bool:
+    dims = info.type.tensor_type.shape.dim
+    return bool(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == 1
+
+
+def _free_reshapes(graph: onnx.GraphProto) -> bool:
+    """Give every Reshape whose constant shape starts with 1 its own shape with a free batch.
+    False where one cannot be freed (allowzero=1 with a -1 already taken)."""
+    constants = {init.name: init for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type != "Reshape" or node.input[1] not in constants:
+            continue
+        shape = numpy_helper.to_array(constants[node.input[1]]).copy()
+        if shape.size == 0 or shape[0] != 1:
+            continue
+        allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
+        if not (shape == -1).any():
+            shape[0] = -1
+        elif not allowzero:
+            shape[0] = 0
+        else:
+            return False
+        name = f"{node.input[1]}_{node.name}_free_batch"
+        graph.initializer.append(numpy_helper.from_array(shape, name))
+        node.input[1] = name
+    return True
+
+
+def _same_outputs(fixed: onnx.ModelProto, freed: onnx.ModelProto) -> bool:
+    """The freed model on a batch of random inputs against the fixed one on each alone."""
+    info = fixed.graph.input[0]
+    shape = [d.dim_value for d in info.type.tensor_type.shape.dim]
+    if not shape or any(size <= 0 for size in shape[1:]):
+        return False
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
+    images = np.random.default_rng(0).standard_normal([PROBE_IMAGES, *shape[1:]]).astype(dtype)
+    name = info.name
+    try:
+        alone = session(fixed, cpu=True)
+        expected = np.concatenate([alone.run(None, {name: image[None]})[0] for image in images])
+        got = session(freed, cpu=True, quiet=True).run(None, {name: images})[0]
+    except MODEL_ERRORS:
+        return False
+    if got.shape != expected.shape:
+        return False
+    scale = max(float(np.abs(expected).max()), 1e-12)
+    return float(np.abs(got - expected).max()) <= TOLERANCE * scale

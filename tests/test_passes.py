@@ -16,6 +16,7 @@ from chainx.onnx.passes import complete_shapes
 from chainx.onnx.passes.allowzero import DropNeedlessAllowzero
 from chainx.onnx.passes.channel_shuffle import ShuffleToGather
 from chainx.onnx.passes.complete_shapes import CompleteShapes
+from chainx.onnx.passes.contrib_ops import LowerFusedOps
 from chainx.onnx.passes.expand_gelu import ExpandGelu
 from chainx.onnx.passes.explicit_auto_pad import ExplicitAutoPad
 from chainx.onnx.passes.free_batch import FreeFixedBatch
@@ -507,3 +508,69 @@ def test_free_fixed_batch_keeps_a_batch_baked_elsewhere() -> None:
 def test_free_fixed_batch_leaves_a_free_batch_alone() -> None:
     model = InferShapes()(model_with_weights(CONV_RELU, {"w": (4, 3, 3, 3)})).model
     assert not FreeFixedBatch()(model).modified
+
+
+def fused(body: str, output: str) -> onnx.ModelProto:
+    model = model_with_weights(
+        f"""
+        <ir_version: 8, opset_import: ["" : 17, "com.microsoft" : 1]>
+        net (float[N, 3, 6, 6] input) => ({output}) {{
+            {body}
+        }}
+        """,
+        {"w": (4, 3, 3, 3), "b": (4,), "wg": (12, 4), "bg": (4,)},
+    )
+    return model
+
+
+@pytest.mark.parametrize(
+    ("body", "output", "activation"),
+    [
+        (  # Conv + the residual input Z + LeakyRelu, as onnxruntime fuses a ResNet block
+            "z = Relu (input)\n z1 = Slice (z, zero, one, one)\n"
+            "z4 = Concat <axis = 1> (z, z1)\n"
+            'out = com.microsoft.FusedConv <pads = [1, 1, 1, 1], activation = "LeakyRelu", '
+            "activation_params = [0.2]> (input, w, b, z4)",
+            "float[N, 4, 6, 6] out",
+            "LeakyRelu",
+        ),
+        (
+            'out = com.microsoft.FusedConv <pads = [1, 1, 1, 1], activation = "Clip", '
+            "activation_params = [0.0, 6.0]> (input, w, b)",
+            "float[N, 4, 6, 6] out",
+            "Clip",
+        ),
+        (
+            "p = GlobalAveragePool (input)\n r = Flatten (p)\n"
+            "g = Concat <axis = 1> (r, r, r, r)\n"
+            'out = com.microsoft.FusedGemm <activation = "Relu"> (g, wg, bg)',
+            "float[N, 4] out",
+            "Relu",
+        ),
+    ],
+)
+def test_lower_fused_ops_computes_what_onnxruntime_fused(
+    body: str, output: str, activation: str
+) -> None:
+    model = fused(body, output)
+    for name, value in (("zero", [0]), ("one", [1])):
+        model.graph.initializer.append(numpy_helper.from_array(np.array(value, np.int64), name))
+    x = images(2, 3, 6, 6)
+    expected = outputs_on(model, x)[0]  # onnxruntime's own fused kernel
+    result = LowerFusedOps()(onnx.ModelProto.FromString(model.SerializeToString()))
+    assert result.modified
+    assert {n.domain for n in result.model.graph.node} == {""}
+    assert activation in ops(result.model)
+    assert [o.domain for o in result.model.opset_import] == [""]
+    onnx.checker.check_model(result.model, full_check=True)
+    np.testing.assert_allclose(outputs_on(result.model, x)[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_lower_fused_ops_names_every_op_it_cannot_lower() -> None:
+    model = fused(
+        "a = com.microsoft.Gelu (input)\n out = com.microsoft.FastGelu (a)",
+        "float[N, 3, 6, 6] out",
+    )
+    message = "2 nodes use ops outside the ONNX standard.*Gelu.*FastGelu.*ORT_ENABLE_BASIC"
+    with pytest.raises(ChainxError, match=message):
+        LowerFusedOps()(model)

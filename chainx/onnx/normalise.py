@@ -11,6 +11,7 @@ from chainx.errors import ChainxError
 from chainx.onnx.passes.allowzero import DropNeedlessAllowzero
 from chainx.onnx.passes.channel_shuffle import ShuffleToGather
 from chainx.onnx.passes.complete_shapes import CompleteShapes
+from chainx.onnx.passes.contrib_ops import LowerFusedOps
 from chainx.onnx.passes.explicit_auto_pad import ExplicitAutoPad
 from chainx.onnx.passes.free_batch import FreeFixedBatch
 from chainx.onnx.passes.infer_shapes import InferShapes
@@ -19,6 +20,7 @@ from chainx.onnx.passes.name_nodes import NameNodes
 from chainx.onnx.passes.opset_down import DowngradeOpset
 from chainx.onnx.passes.opset_up import UpgradeOpset
 from chainx.onnx.passes.optimize import Optimize
+from chainx.onnx.passes.quantised import RefuseQuantised
 from chainx.onnx.passes.select_io import SelectIO
 
 
@@ -31,6 +33,8 @@ def normalise(
     output that `input_name` and `output_name` choose. The caller's model is not changed.
     """
     model = onnx.ModelProto.FromString(model.SerializeToString())
+    model = RefuseQuantised()(model).model
+    model = LowerFusedOps()(model).model
     model = SelectIO(input_name, output_name)(model).model
     model = UpgradeOpset()(model).model
     model = DowngradeOpset()(model).model

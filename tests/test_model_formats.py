@@ -1,0 +1,80 @@
+"""Files users have besides plain exports: saved by onnxruntime after its graph optimisation
+(com.microsoft fused ops), and quantised by onnxruntime.quantization (three forms)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import SAMPLE_MODEL, SAMPLE_REGION
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    QuantFormat,
+    quantize_dynamic,
+    quantize_static,
+)
+from typer.testing import CliRunner
+
+from chainx.cli import app
+
+STEPS = ["--resize", "28", "--steps", "60", "--finetune-steps", "10", "--filter-images", "0"]
+
+
+def extract(model: Path, out: Path) -> tuple[int, str]:
+    outcome = CliRunner().invoke(
+        app, ["extract", str(model), str(SAMPLE_REGION), "--out", str(out), *STEPS]
+    )
+    return outcome.exit_code, " ".join(outcome.output.split())
+
+
+def test_a_file_onnxruntime_optimised_extracts_as_its_source(tmp_path: Path) -> None:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(str(SAMPLE_MODEL), options, providers=["CPUExecutionProvider"])
+    optimised = onnx.load(tmp_path / "optimised.onnx")
+    assert "FusedConv" in {node.op_type for node in optimised.graph.node}
+    records = []
+    for model in (SAMPLE_MODEL, tmp_path / "optimised.onnx"):
+        code, output = extract(model, tmp_path / f"{model.stem}.chain")
+        assert code == 0, output
+        records.append(json.loads((tmp_path / f"{model.stem}.chain" / "chain.json").read_text()))
+    source, lowered = records
+    assert lowered["metrics"]["exactness"]["passed"]
+    assert lowered["summary"]["filters_kept"] == source["summary"]["filters_kept"]
+    assert lowered["metrics"]["region"]["agree"] == source["metrics"]["region"]["agree"]
+
+
+class _RandomInputs(CalibrationDataReader):
+    def __init__(self) -> None:
+        rng = np.random.default_rng(0)
+        self.batches = iter(
+            [{"input": rng.standard_normal((1, 1, 28, 28)).astype(np.float32)} for _ in range(4)]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.batches, None)
+
+
+@pytest.mark.parametrize(
+    ("form", "named"),
+    [("qdq", "QDQ"), ("qoperator", "QOperator"), ("dynamic", "dynamic")],
+)
+def test_a_quantised_model_is_refused_naming_its_form(
+    tmp_path: Path, form: str, named: str
+) -> None:
+    quantised = tmp_path / f"{form}.onnx"
+    if form == "dynamic":
+        quantize_dynamic(SAMPLE_MODEL, quantised)
+    else:
+        qformat = QuantFormat.QDQ if form == "qdq" else QuantFormat.QOperator
+        quantize_static(SAMPLE_MODEL, quantised, _RandomInputs(), quant_format=qformat)
+    code, output = extract(quantised, tmp_path / "out")
+    assert code == 2, output
+    assert f"quantised, in onnxruntime's {named} (" in output
+    assert "float model it was quantised from" in output
+    assert not (tmp_path / "out").exists()

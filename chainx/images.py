@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +10,7 @@ import onnx
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from chainx.errors import ChainxError
+from chainx.onnx.input_scaling import in_graph_normalisation
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -23,12 +24,14 @@ class Preprocessing:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     channels: int
+    note: str | None = None  # why the mean and std are what they are, where not asked for
 
     def describe(self) -> str:
         mode = "RGB" if self.channels == 3 else "grayscale"
         return (
             f"{mode}, resize short side to {self.resize}, centre-crop {self.size}, "
             f"scale to [0,1], mean {list(self.mean)}, std {list(self.std)}"
+            + (f" ({self.note})" if self.note else "")
         )
 
     def to_json(self) -> dict[str, object]:
@@ -68,10 +71,16 @@ def model_preprocessing(
     mean: tuple[float, ...] | None,
     std: tuple[float, ...] | None,
 ) -> Preprocessing:
-    """`make_preprocessing` for the model's first input."""
+    """`make_preprocessing` for the model's first input. A model that normalises its own
+    input gets its pixels unnormalised, on the scale it reads, unless --mean/--std say
+    otherwise."""
     dims = model.graph.input[0].type.tensor_type.shape.dim
     shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    return make_preprocessing(shape, size, resize, mean, std)
+    in_graph = in_graph_normalisation(model) if mean is None and std is None else None
+    if in_graph is None:
+        return make_preprocessing(shape, size, resize, mean, std)
+    prep = make_preprocessing(shape, size, resize, (0.0,), (1.0 / in_graph.pixel_scale,))
+    return replace(prep, note=in_graph.describe())
 
 
 def make_preprocessing(

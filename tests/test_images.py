@@ -5,12 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from conftest import SHARED
+from onnx import numpy_helper
 from PIL import Image
 
 from chainx.errors import ChainxError
-from chainx.images import find_images, load_image, load_images, make_preprocessing
+from chainx.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    find_images,
+    load_image,
+    load_images,
+    make_preprocessing,
+    model_preprocessing,
+)
 
 
 def test_preprocessing_resizes_the_short_side_then_crops_the_centre(tmp_path: Path) -> None:
@@ -155,3 +165,59 @@ def test_mixed_sizes_and_images_smaller_than_the_crop(tmp_path: Path) -> None:
     images = load_images(tmp_path, prep)
     assert images.array.shape == (3, 3, 32, 32)
     np.testing.assert_allclose(images.array, 1.0, atol=1e-6)
+
+
+def _normalising_model(body: str, constants: dict[str, list[float]]) -> onnx.ModelProto:
+    model = onnx.parser.parse_model(
+        f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        net (float[N, 3, 8, 8] input) => (float[N, 3, 8, 8] out) {{
+            {body}
+        }}
+        """
+    )
+    for name, value in constants.items():
+        array = np.array(value, np.float32).reshape((1, -1, 1, 1) if len(value) > 1 else ())
+        model.graph.initializer.append(numpy_helper.from_array(array, name))
+    return model
+
+
+@pytest.mark.parametrize(
+    ("body", "constants", "mean", "std"),
+    [
+        (  # torchvision's normalisation inside the graph: [0, 1] pixels, nothing more
+            "c = Sub (input, mean)\n out = Div (c, std)",
+            {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+            (0.0,),
+            (1.0,),
+        ),
+        (  # Keras' Rescaling(1/127.5, offset=-1): 0–255 pixels
+            "c = Mul (input, scale)\n out = Add (c, shift)",
+            {"scale": [1 / 127.5], "shift": [-1.0]},
+            (0.0,),
+            (1 / 255,),
+        ),
+        (  # Caffe's mean subtraction: 0–255 pixels
+            "out = Sub (input, mean)",
+            {"mean": [103.9, 116.8, 123.7]},
+            (0.0,),
+            (1 / 255,),
+        ),
+        (  # a constant divided by the input is no normalisation: ImageNet's defaults
+            "out = Div (one, input)",
+            {"one": [1.0]},
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+        ),
+    ],
+)
+def test_a_model_that_normalises_its_input_gets_its_pixels_once(
+    body: str, constants: dict[str, list[float]], mean: tuple, std: tuple
+) -> None:
+    model = _normalising_model(body, constants)
+    prep = model_preprocessing(model, None, None, None, None)
+    assert prep.mean == mean
+    np.testing.assert_allclose(prep.std, std)
+    assert ("normalises its input itself" in prep.describe()) is (mean == (0.0,))
+    asked = model_preprocessing(model, None, None, (0.5,), (0.5,))  # the options win
+    assert (asked.mean, asked.std, asked.note) == ((0.5,), (0.5,), None)

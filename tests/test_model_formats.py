@@ -78,3 +78,33 @@ def test_a_quantised_model_is_refused_naming_its_form(
     assert f"quantised, in onnxruntime's {named} (" in output
     assert "float model it was quantised from" in output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_model_with_its_preprocessing_inside_gets_it_once(tmp_path: Path) -> None:
+    # The sample reads (x - 0.5) / 0.5; the same model with that in front of its graph.
+    model = onnx.load(SAMPLE_MODEL)
+    image = model.graph.input[0].name
+    for name, value in (("pixel_mean", 0.5), ("pixel_std", 0.5)):
+        model.graph.initializer.append(
+            onnx.numpy_helper.from_array(np.array(value, np.float32), name)
+        )
+    for node in model.graph.node:
+        node.input[:] = ["normalised" if name == image else name for name in node.input]
+    model.graph.node.insert(
+        0, onnx.helper.make_node("Div", ["centred", "pixel_std"], ["normalised"])
+    )
+    model.graph.node.insert(0, onnx.helper.make_node("Sub", [image, "pixel_mean"], ["centred"]))
+    inside = tmp_path / "inside.onnx"
+    onnx.save(model, inside)
+    records = []
+    for path in (SAMPLE_MODEL, inside):
+        code, output = extract(path, tmp_path / f"{path.stem}.chain")
+        assert code == 0, output
+        records.append(json.loads((tmp_path / f"{path.stem}.chain" / "chain.json").read_text()))
+    assert "the model normalises its input itself (Sub, Div at the input)" in output
+    plain, normalising = records
+    assert normalising["settings"]["preprocessing"]["std"] == [1.0]
+    assert normalising["summary"]["filters_kept"] == plain["summary"]["filters_kept"]
+    region, expected = normalising["metrics"]["region"], plain["metrics"]["region"]
+    assert (region["agree"], region["class_agree"]) == (expected["agree"], expected["class_agree"])
+    assert region["mean_kl"] == pytest.approx(expected["mean_kl"], rel=1e-3)

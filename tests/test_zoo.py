@@ -1,4 +1,4 @@
-"""The surgery across torchvision architecture families and both torch exporters.
+"""The surgery across torchvision and timm architecture families and both torch exporters.
 
 Random weights, a random mask that removes ~90% of the filters (and some whole layers), and
 the chain compared in onnxruntime with the masked torch scoring model. `tools/zoo.py` holds

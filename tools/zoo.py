@@ -1,4 +1,4 @@
-"""Export torchvision architectures, mask ~90% of their filters, and check the chain surgery.
+"""Export torchvision and timm architectures, mask ~90% of their filters, check the surgery.
 
 Each model, with random weights and random BatchNorm statistics, is exported by torch's
 TorchScript exporter or its dynamo exporter, normalised, scored with a random mask and
@@ -52,13 +52,33 @@ ZOO = {
     "shufflenet_v2_x0_5": 64,
     "regnet_y_400mf": 64,
     "convnext_tiny": 64,
+    # timm, random weights: ResNet-D, RegNetY (SE), MobileNetV3, EfficientNet, GhostNet and
+    # RepVGG as trained (three branches per block) and reparameterised (one 3×3 conv).
+    "timm/resnet18d": 64,
+    "timm/regnety_002": 64,
+    "timm/mobilenetv3_small_050": 64,
+    "timm/efficientnet_b0": 64,
+    "timm/ghostnet_050": 64,
+    "timm/repvgg_a0": 64,
+    "timm/repvgg_a0_reparameterised": 64,
 }
+REPARAMETERISED = "_reparameterised"
 EXPORTERS = ("torchscript", "dynamo")
 KEEP = 0.1
 
 
 def build(name: str) -> nn.Module:
     torch.manual_seed(0)
+    if name.startswith("timm/"):
+        import timm
+        import timm.utils
+
+        arch = name.removeprefix("timm/").removesuffix(REPARAMETERISED)
+        model = timm.create_model(arch, pretrained=False).eval()
+        randomise_batchnorm(model)
+        if name.endswith(REPARAMETERISED):
+            model = timm.utils.reparameterize_model(model)
+        return model
     kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
     model = getattr(torchvision.models, name)(weights=None, **kwargs).eval()
     randomise_batchnorm(model)

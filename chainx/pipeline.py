@@ -28,6 +28,7 @@ from chainx.channels.surgery import present_units
 from chainx.images import ImageSet, Preprocessing, load_images, model_preprocessing
 from chainx.onnx.load import load_model, sha256_file
 from chainx.onnx.normalise import normalise
+from chainx.onnx.passes.float16 import float16_form
 from chainx.onnx.score_points import ScorePoint, find_score_points, output_kind
 from chainx.scoring.settings import OptimiseResult, OptimiseSettings, StepReport
 from chainx.settings import ReadSettings, class_of
@@ -158,6 +159,7 @@ def build_chain(
         source.points,
         multipliers,
         {"sha256": source.digest, "settings": settings_record},
+        float16_form(source.original),
     )
     onnx.checker.check_model(surgery.model, full_check=True)
     export_s = time.perf_counter() - mark

@@ -108,3 +108,28 @@ def test_a_model_with_its_preprocessing_inside_gets_it_once(tmp_path: Path) -> N
     region, expected = normalising["metrics"]["region"], plain["metrics"]["region"]
     assert (region["agree"], region["class_agree"]) == (expected["agree"], expected["class_agree"])
     assert region["mean_kl"] == pytest.approx(expected["mean_kl"], rel=1e-3)
+
+
+@pytest.mark.parametrize("keep_io_types", [False, True])
+def test_a_float16_model_gives_a_float16_chain_of_its_own_weights(
+    tmp_path: Path, keep_io_types: bool
+) -> None:
+    from onnxconverter_common import float16
+
+    half = float16.convert_float_to_float16(onnx.load(SAMPLE_MODEL), keep_io_types=keep_io_types)
+    source = tmp_path / "half.onnx"
+    onnx.save(half, source)
+    code, output = extract(source, tmp_path / "half.chain")
+    assert code == 0, output
+    record = json.loads((tmp_path / "half.chain" / "chain.json").read_text())
+    exactness = record["metrics"]["exactness"]
+    assert exactness["passed"]
+    assert exactness["tolerance"] == pytest.approx(1e-2 * exactness["max_abs_output"])
+    copies = record["metrics"]["exact_copies"]
+    assert copies["checked"] > 0 and not copies["mismatched"]  # float16, bit for bit
+    chain = onnx.load(tmp_path / "half.chain" / "chain.onnx")
+    image_type = onnx.TensorProto.FLOAT if keep_io_types else onnx.TensorProto.FLOAT16
+    assert chain.graph.input[0].type.tensor_type.elem_type == image_type
+    weights = {init.name: init for init in chain.graph.initializer}
+    convs = [n for n in chain.graph.node if n.op_type == "Conv"]
+    assert convs and all(weights[n.input[1]].data_type == onnx.TensorProto.FLOAT16 for n in convs)

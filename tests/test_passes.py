@@ -19,6 +19,7 @@ from chainx.onnx.passes.complete_shapes import CompleteShapes
 from chainx.onnx.passes.contrib_ops import LowerFusedOps
 from chainx.onnx.passes.expand_gelu import ExpandGelu
 from chainx.onnx.passes.explicit_auto_pad import ExplicitAutoPad
+from chainx.onnx.passes.float16 import FLOAT16_INSIDE, FLOAT16_IO, Float16AsFloat32, float16_form
 from chainx.onnx.passes.free_batch import FreeFixedBatch
 from chainx.onnx.passes.infer_shapes import InferShapes
 from chainx.onnx.passes.initializer_inputs import InitializerInputsAsConstants
@@ -574,3 +575,27 @@ def test_lower_fused_ops_names_every_op_it_cannot_lower() -> None:
     message = "2 nodes use ops outside the ONNX standard.*Gelu.*FastGelu.*ORT_ENABLE_BASIC"
     with pytest.raises(ChainxError, match=message):
         LowerFusedOps()(model)
+
+
+@pytest.mark.parametrize(("keep_io_types", "form"), [(False, FLOAT16_IO), (True, FLOAT16_INSIDE)])
+def test_float16_as_float32_computes_what_the_float16_model_computes(
+    keep_io_types: bool, form: str
+) -> None:
+    from onnxconverter_common import float16
+
+    model = InferShapes()(model_with_weights(CONV_RELU, {"w": (4, 3, 3, 3)})).model
+    half = float16.convert_float_to_float16(model, keep_io_types=keep_io_types)
+    assert float16_form(half) == form and float16_form(model) is None
+    x = images(2, 3, 6, 6)
+    expected = outputs_on(half, x if keep_io_types else x.astype(np.float16))[0]
+    result = Float16AsFloat32()(onnx.ModelProto.FromString(half.SerializeToString()))
+    assert result.modified and float16_form(result.model) is None
+    onnx.checker.check_model(result.model, full_check=True)
+    weight = next(
+        i for i in result.model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT
+    )
+    source = next(i for i in half.graph.initializer if i.name == weight.name)
+    # Every float16 weight is exactly a float32 value: nothing rounded on the way.
+    assert np.array_equal(numpy_helper.to_array(weight), numpy_helper.to_array(source))
+    got = outputs_on(result.model, x)[0]
+    np.testing.assert_allclose(got, expected.astype(np.float32), rtol=1e-2, atol=1e-2)

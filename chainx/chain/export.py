@@ -11,6 +11,7 @@ import onnx
 
 from chainx.channels.emitter import WeightSlice
 from chainx.channels.surgery import SurgeryResult, shrink
+from chainx.onnx.passes.float16 import FLOAT16_INSIDE
 from chainx.onnx.score_points import ScorePoint, scored_model
 from chainx.version import __version__
 
@@ -20,9 +21,16 @@ def export_chain(
     points: list[ScorePoint],
     multipliers: dict[str, np.ndarray],
     provenance: dict[str, Any],
+    float16: str | None = None,
 ) -> SurgeryResult:
-    """The standalone chain; its metadata carries what verification needs to recheck it."""
+    """The standalone chain; its metadata carries what verification needs to recheck it.
+
+    `float16` (the source's form, `passes.float16.float16_form`) turns the chain back into
+    float16 as the source was: its weights are then the source's float16 values again.
+    """
     result = shrink(scored_model(normalised, points, multipliers))
+    if float16 is not None:
+        result.model = as_float16(result.model, keep_io_types=float16 == FLOAT16_INSIDE)
     sparse = {
         conv: {
             "total": int(len(values)),
@@ -93,3 +101,17 @@ def slices_from_metadata(metadata: dict[str, str]) -> list[WeightSlice]:
         WeightSlice(s["node"], s["original"], tuple(s["axes"]))
         for s in json.loads(metadata["chainx.slices"])
     ]
+
+
+def as_float16(model: onnx.ModelProto, keep_io_types: bool) -> onnx.ModelProto:
+    """onnxconverter-common's conversion, with its clamps at float16's own limits, so that a
+    weight that was float16 before normalisation comes back bit for bit (its defaults clamp
+    to 1e-7 … 1e4)."""
+    from onnxconverter_common import float16
+
+    return float16.convert_float_to_float16(
+        model,
+        min_positive_val=float(np.finfo(np.float16).smallest_subnormal),
+        max_finite_val=float(np.finfo(np.float16).max),
+        keep_io_types=keep_io_types,
+    )

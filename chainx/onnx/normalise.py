@@ -13,6 +13,7 @@ from chainx.onnx.passes.channel_shuffle import ShuffleToGather
 from chainx.onnx.passes.complete_shapes import CompleteShapes
 from chainx.onnx.passes.contrib_ops import LowerFusedOps
 from chainx.onnx.passes.explicit_auto_pad import ExplicitAutoPad
+from chainx.onnx.passes.float16 import Float16AsFloat32
 from chainx.onnx.passes.free_batch import FreeFixedBatch
 from chainx.onnx.passes.infer_shapes import InferShapes
 from chainx.onnx.passes.initializer_inputs import InitializerInputsAsConstants
@@ -35,6 +36,7 @@ def normalise(
     model = onnx.ModelProto.FromString(model.SerializeToString())
     model = RefuseQuantised()(model).model
     model = LowerFusedOps()(model).model
+    model = Float16AsFloat32()(model).model
     model = SelectIO(input_name, output_name)(model).model
     model = UpgradeOpset()(model).model
     model = DowngradeOpset()(model).model

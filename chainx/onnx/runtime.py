@@ -72,6 +72,20 @@ def session(
     return ort.InferenceSession(source, options, providers=chosen)
 
 
+# onnxruntime's names of the input types chainx feeds; images are float32 until fed.
+INPUT_TYPES = {"tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def as_input(model_input: ort.NodeArg, images: np.ndarray) -> np.ndarray:
+    """`images` in the element type the input wants (a float16 model reads float16)."""
+    dtype = INPUT_TYPES.get(model_input.type)
+    return images.astype(dtype) if dtype is not None else images
+
+
+def _as_float32(values: np.ndarray) -> np.ndarray:
+    return values.astype(np.float32) if values.dtype == np.float16 else values
+
+
 def run(
     sess: ort.InferenceSession,
     images: np.ndarray,
@@ -85,7 +99,9 @@ def run(
     step = fixed if isinstance(fixed, int) else batch_size
     wanted = [output_name] if output_name else None
     outputs = [
-        sess.run(wanted, {model_input.name: images[i : i + step]})[0]
+        _as_float32(
+            sess.run(wanted, {model_input.name: as_input(model_input, images[i : i + step])})[0]
+        )
         for i in range(0, len(images), step)
     ]
     return np.concatenate(outputs).reshape(len(images), -1)
@@ -115,7 +131,8 @@ def tensor_batches(
     fixed = model_input.shape[0]
     step = fixed if isinstance(fixed, int) else batch_size
     for start in range(0, len(images), step):
-        values = sess.run(names, {model_input.name: images[start : start + step]})
+        batch = as_input(model_input, images[start : start + step])
+        values = [_as_float32(value) for value in sess.run(names, {model_input.name: batch})]
         yield dict(zip(names, values, strict=True))
 
 

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from chainx.images import Preprocessing
+from chainx.onnx.passes.float16 import Float16AsFloat32
 from chainx.onnx.runtime import with_outputs
 from chainx.onnx.score_points import SCORE_PREFIX
 from chainx.render.featuremaps import displayable, file_stem, png_bytes
@@ -49,7 +50,9 @@ def _probe(chain: onnx.ModelProto, layers: list[str]) -> tuple[torch.nn.Module, 
     names = [scored[layer] for layer in layers]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        module = onnx2torch.convert(with_outputs(chain, names)).eval()
+        # A float16 chain is drawn from its float32 twin: torch's CPU kernels want float32.
+        probe = Float16AsFloat32()(onnx.ModelProto.FromString(chain.SerializeToString())).model
+        module = onnx2torch.convert(with_outputs(probe, names)).eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)
     return module, names

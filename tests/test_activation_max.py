@@ -45,3 +45,19 @@ def test_dataset_examples_are_the_best_image_and_the_crops_where_the_filter_peak
     activation = layer_activations(chain, images)[layers[0]][:, 2]
     crops = dataset_examples(activation, images, PREP)
     assert len(crops) == 4 and all(crop.size == (TILE, TILE) for crop in crops)
+
+
+def test_a_densenet_chain_is_visualised() -> None:
+    # The case that failed with "MKL FFT error: … Inconsistent configuration parameters":
+    # torchvision's DenseNet-121, random weights, 64 px (pytorch#154477, torch < 2.8).
+    from chainx.onnx.normalise import normalise
+    from tools.zoo import export
+
+    model = normalise(export("densenet121", "torchscript"))
+    points = find_score_points(model)
+    multipliers = {p.layer: np.ones(p.channels, np.float32) for p in points}
+    chain = shrink(scored_model(model, points, multipliers)).model
+    prep = Preprocessing(size=64, resize=73, mean=(0.5,) * 3, std=(0.25,) * 3, channels=3)
+    targets = [Target(points[0].layer, 0, 0), Target(points[-1].layer, 1, 1)]
+    images = visualise(chain, targets, prep, steps=2)
+    assert images.shape == (2, 64, 64, 3) and all(image.std() > 0 for image in images)

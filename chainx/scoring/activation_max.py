@@ -64,6 +64,10 @@ def _fourier_image(spectrum: torch.Tensor, size: int) -> torch.Tensor:
     fx = torch.fft.rfftfreq(size)[None, :]
     scale = 1.0 / torch.sqrt(fy**2 + fx**2).clamp_min(1.0 / size)
     image = torch.fft.irfft2(torch.view_as_complex(spectrum) * scale, s=(size, size), norm="ortho")
+    if image.requires_grad:
+        # A gradient that reaches the FFT with a zero stride (a response that ignores some
+        # pixels, as DenseNet's) made oneMKL 2024 fail in torch < 2.8 (pytorch#154477).
+        image.register_hook(lambda grad: grad.contiguous())
     image = torch.einsum("nchw,dc->ndhw", image, COLOUR)
     return torch.sigmoid(image)
 

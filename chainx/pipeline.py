@@ -28,6 +28,7 @@ from chainx.channels.surgery import present_units
 from chainx.images import ImageSet, Preprocessing, load_images, model_preprocessing
 from chainx.onnx.load import load_model, sha256_file
 from chainx.onnx.normalise import normalise
+from chainx.onnx.passes.channels_last import reads_channels_last
 from chainx.onnx.passes.float16 import float16_form
 from chainx.onnx.score_points import ScorePoint, find_score_points, output_kind
 from chainx.scoring.settings import OptimiseResult, OptimiseSettings, StepReport
@@ -160,6 +161,7 @@ def build_chain(
         multipliers,
         {"sha256": source.digest, "settings": settings_record},
         float16_form(source.original),
+        reads_channels_last(source.original, source.normalised.graph.input[0].name),
     )
     onnx.checker.check_model(surgery.model, full_check=True)
     export_s = time.perf_counter() - mark

@@ -36,18 +36,19 @@ from chainx.channels.rules.channelwise import (
     NonZeroPreservingRule,
     ReduceRule,
     ResizeRule,
+    SqueezeRule,
     ZeroPreservingRule,
 )
 from chainx.channels.rules.mixing import BinaryRule, ConvRule, GemmRule
 from chainx.channels.rules.reindex import (
     ConcatRule,
-    FlattenRule,
     GatherRule,
     PadRule,
     ShapeRule,
     SliceRule,
     SplitRule,
 )
+from chainx.channels.rules.reshape import FlattenRule, ReshapeRule
 from chainx.onnx.graph import GraphIndex
 
 
@@ -71,6 +72,7 @@ EXPECTED_RULES = {
     ),
     "AveragePool": AveragePoolRule,
     **dict.fromkeys("ReduceMean ReduceMax ReduceMin ReduceSum".split(), ReduceRule),
+    "Squeeze": SqueezeRule,
     "Resize": ResizeRule,
     "Upsample": ResizeRule,
     "Clip": ClipRule,
@@ -85,7 +87,7 @@ EXPECTED_RULES = {
     "Gemm": GemmRule,
     "MatMul": GemmRule,
     "Flatten": FlattenRule,
-    "Reshape": FlattenRule,
+    "Reshape": ReshapeRule,
     "Shape": ShapeRule,
 }
 

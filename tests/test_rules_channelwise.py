@@ -34,6 +34,7 @@ from chainx.channels.rules.channelwise import (
     NonZeroPreservingRule,
     ReduceRule,
     ResizeRule,
+    SqueezeRule,
     ZeroPreservingRule,
 )
 
@@ -311,6 +312,32 @@ def test_spatial_reduce_keeps_zeros_and_constants(op: str, constant: bool, opset
     result = shrunk(model)
     # The Gemm folds a constant feature; the sum over 16 pixels is not the constant.
     assert node_input(result.model, "y", 1).shape == (4, 3 if constant else 4)
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_squeeze_of_pooled_spatial_axes_keeps_zeros_and_constants(opset: int) -> None:
+    # tf2onnx's Keras GlobalAveragePooling2D: GlobalAveragePool, then Squeeze of H and W.
+    squeeze = "Squeeze (p, axes)" if opset >= 13 else "Squeeze <axes = [2, 3]> (p)"
+    text = f"""
+    net (float[N, 3, 4, 4] x) => (float[N, 4] y) {{
+        c = Conv (x, w0, b0)
+        m = Mul (c, mask)
+        k = Add (m, shift)
+        p = GlobalAveragePool (k)
+        r = {squeeze}
+        y = Gemm <transB = 1> (r, w1, b1)
+    }}
+    """
+    values = {
+        "mask": mask(5, [ZERO, SHIFTED]),
+        "shift": channel_values([0, 0, 0, SHIFT, 0]),
+        "axes": np.array([2, 3], np.int64),
+    }
+    shapes = {"w0": (5, 3, 1, 1), "b0": (5,), "w1": (4, 5), "b1": (4,)}
+    model = build(text, shapes, values, opset=opset)
+    assert isinstance(rule_of(model, "r"), SqueezeRule)
+    assert_zero_and_const(model, "r", [ZERO], {SHIFTED: SHIFT})
+    assert node_input(shrunk(model).model, "y", 1).shape == (4, 3)  # the constant folded
 
 
 @pytest.mark.parametrize(

@@ -24,13 +24,14 @@ from rules_helpers import (
 from chainx.channels.rules.base import FROZEN
 from chainx.channels.rules.reindex import (
     ConcatRule,
-    FlattenRule,
     GatherRule,
     PadRule,
     ShapeRule,
     SliceRule,
     SplitRule,
 )
+from chainx.channels.rules.reshape import FlattenRule, ReshapeRule, UnitReshapeRule
+from chainx.onnx.graph import GraphIndex
 
 BIG = np.iinfo(np.int64).max
 
@@ -507,7 +508,7 @@ def blocks(channels: list[int], size: int = 4) -> list[int]:
 @pytest.mark.parametrize("line", ["f = Flatten (p)", "f = Reshape (p, shape)"])
 def test_flatten_maps_each_channel_to_a_feature_block(line: str) -> None:
     model = flat(line)
-    assert isinstance(rule_of(model, "f"), FlattenRule)
+    assert isinstance(rule_of(model, "f"), FlattenRule if "Flatten" in line else ReshapeRule)
     st = states(model)
     np.testing.assert_array_equal(st.zero["f"], flags(20, blocks([1])))
     np.testing.assert_array_equal(st.const["f"][blocks([3])], [SHIFT] * 4)
@@ -583,3 +584,43 @@ def test_shape_still_reports_the_original_channel_count(line: str, rewritten: bo
     assert node_input(result.model, "c", 1).shape[0] == 3
     emitted = next(n for n in result.model.graph.node if shape.output[0] in n.output)
     assert emitted.op_type == ("Concat" if rewritten else "Shape")
+
+
+@pytest.mark.parametrize(
+    ("shape", "consumer", "w1", "out"),
+    [
+        ([-1, 5, 1, 1], "Conv", (4, 5, 1, 1), "N, 4, 1, 1"),
+        ([-1, 5], "Gemm <transB = 1>", (4, 5), "N, 4"),
+    ],
+)
+def test_a_reshape_of_unit_dimensions_keeps_each_channel(
+    shape: list[int], consumer: str, w1: tuple[int, ...], out: str
+) -> None:
+    # tf2onnx's squeeze-and-excitation: (N, C, 1, 1) to (N, C, 1, 1) again, or to (N, C).
+    text = f"""
+    net (float[N, 3, 4, 4] x) => (float[{out}] y) {{
+        c = Conv (x, w0, b0)
+        m = Mul (c, mask)
+        k = Add (m, shift)
+        p = GlobalAveragePool (k)
+        r = Reshape (p, shape)
+        y = {consumer} (r, w1, b1)
+    }}
+    """
+    values = {
+        "mask": mask(5, [1, 3]),
+        "shift": channel_values([0, 0, 0, SHIFT, 0]),
+        "shape": np.array(shape, np.int64),
+    }
+    model = build(text, {"w0": (5, 3, 1, 1), "b0": (5,), "w1": w1, "b1": (4,)}, values)
+    assert isinstance(rule_of(model, "r"), ReshapeRule)
+    assert UnitReshapeRule().accepts(node(model, "r"), GraphIndex.build(model))
+    st = states(model)
+    np.testing.assert_array_equal(st.zero["r"], flags(5, [1]))
+    assert st.const["r"][3] == SHIFT
+    result = shrunk(model)
+    assert not result.frozen
+    assert node_input(result.model, "y", 1).shape[1] == 3  # the constant folded, zero gone
+    np.testing.assert_array_equal(
+        node_input(result.model, "r", 1), [0, -1] + [1] * (len(shape) - 2)
+    )

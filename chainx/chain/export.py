@@ -11,6 +11,7 @@ import onnx
 
 from chainx.channels.emitter import WeightSlice
 from chainx.channels.surgery import SurgeryResult, shrink
+from chainx.onnx.passes.channels_last import with_channels_last_input
 from chainx.onnx.passes.float16 import FLOAT16_INSIDE
 from chainx.onnx.score_points import ScorePoint, scored_model
 from chainx.version import __version__
@@ -22,13 +23,17 @@ def export_chain(
     multipliers: dict[str, np.ndarray],
     provenance: dict[str, Any],
     float16: str | None = None,
+    channels_last: bool = False,
 ) -> SurgeryResult:
     """The standalone chain; its metadata carries what verification needs to recheck it.
 
-    `float16` (the source's form, `passes.float16.float16_form`) turns the chain back into
-    float16 as the source was: its weights are then the source's float16 values again.
+    The chain takes its source's form back: an NHWC input where the source read one
+    (`channels_last`), and float16 (`float16`, the source's form from
+    `passes.float16.float16_form`), its weights then the source's float16 values again.
     """
     result = shrink(scored_model(normalised, points, multipliers))
+    if channels_last:
+        result.model = with_channels_last_input(result.model)
     if float16 is not None:
         result.model = as_float16(result.model, keep_io_types=float16 == FLOAT16_INSIDE)
     sparse = {

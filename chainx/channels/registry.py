@@ -15,18 +15,19 @@ from chainx.channels.rules.channelwise import (
     NonZeroPreservingRule,
     ReduceRule,
     ResizeRule,
+    SqueezeRule,
     ZeroPreservingRule,
 )
 from chainx.channels.rules.mixing import BinaryRule, ConvRule, GemmRule
 from chainx.channels.rules.reindex import (
     ConcatRule,
-    FlattenRule,
     GatherRule,
     PadRule,
     ShapeRule,
     SliceRule,
     SplitRule,
 )
+from chainx.channels.rules.reshape import FlattenRule, ReshapeRule
 from chainx.channels.states import Masks, Values
 from chainx.onnx.graph import GraphIndex
 
@@ -44,6 +45,7 @@ RULES: dict[str, Rule] = {
     "PRelu": ZeroPreservingRule(params=(1,)),
     "AveragePool": AveragePoolRule(),
     **{op: ReduceRule() for op in "ReduceMean ReduceMax ReduceMin ReduceSum".split()},
+    "Squeeze": SqueezeRule(),
     "Resize": ResizeRule(),
     "Upsample": ResizeRule(),
     "Clip": ClipRule(),
@@ -63,7 +65,7 @@ RULES: dict[str, Rule] = {
     "MatMul": GemmRule(),
     "Flatten": FlattenRule(),
     "Shape": ShapeRule(),
-    "Reshape": FlattenRule(),
+    "Reshape": ReshapeRule(),
 }
 
 

@@ -10,6 +10,7 @@ import onnx
 from chainx.errors import ChainxError
 from chainx.onnx.passes.allowzero import DropNeedlessAllowzero
 from chainx.onnx.passes.channel_shuffle import ShuffleToGather
+from chainx.onnx.passes.channels_last import ChannelsFirstInput
 from chainx.onnx.passes.complete_shapes import CompleteShapes
 from chainx.onnx.passes.contrib_ops import LowerFusedOps
 from chainx.onnx.passes.explicit_auto_pad import ExplicitAutoPad
@@ -38,6 +39,7 @@ def normalise(
     model = LowerFusedOps()(model).model
     model = Float16AsFloat32()(model).model
     model = SelectIO(input_name, output_name)(model).model
+    model = ChannelsFirstInput()(model).model
     model = UpgradeOpset()(model).model
     model = DowngradeOpset()(model).model
     model = InitializerInputsAsConstants()(model).model
@@ -66,3 +68,10 @@ def normalise(
     if freed.modified:
         model = InferShapes()(freed.model).model
     return model
+
+
+def float32_channels_first(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A chain as torch and chainx's probes read it: float32 and channels-first. The chain
+    itself keeps the source's element type and layout."""
+    twin = onnx.ModelProto.FromString(model.SerializeToString())
+    return ChannelsFirstInput()(Float16AsFloat32()(twin).model).model

@@ -77,8 +77,12 @@ INPUT_TYPES = {"tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
 def as_input(model_input: ort.NodeArg, images: np.ndarray) -> np.ndarray:
-    """`images` in the element type the input wants (a float16 model reads float16)."""
+    """`images` (N, C, H, W) float32, in the element type and layout the input wants: a
+    float16 model reads float16, a channels-last one (N, H, W, C)."""
     dtype = INPUT_TYPES.get(model_input.type)
+    shape = model_input.shape
+    if images.ndim == 4 and len(shape) == 4 and shape[3] == images.shape[1] != shape[1]:
+        images = images.transpose(0, 2, 3, 1)
     return images.astype(dtype) if dtype is not None else images
 
 

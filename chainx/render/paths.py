@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from chainx.onnx.passes.float16 import Float16AsFloat32
+from chainx.onnx.normalise import float32_channels_first
 from chainx.onnx.runtime import session, with_outputs
 from chainx.onnx.score_points import SCORE_PREFIX
 
@@ -68,9 +68,9 @@ def link_weights(
 
     `kept` maps each layer to the original indices of its kept filters, in chain order.
     """
-    # A float16 chain is measured on its float32 twin, whose scores can be fed as float32.
-    twin = Float16AsFloat32()(onnx.ModelProto.FromString(chain.SerializeToString())).model
-    probe, outputs, values = _probe(twin)
+    # A float16 or channels-last chain is measured on its float32, NCHW twin, whose scores
+    # can be fed as float32.
+    probe, outputs, values = _probe(float32_channels_first(chain))
     # Only layers whose score vector lines up with their kept filters take part.
     values = {k: v for k, v in values.items() if k in kept and v.size == len(kept[k])}
     sess = session(probe)

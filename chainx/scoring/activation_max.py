@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from chainx.images import Preprocessing
-from chainx.onnx.passes.float16 import Float16AsFloat32
+from chainx.onnx.normalise import float32_channels_first
 from chainx.onnx.runtime import with_outputs
 from chainx.onnx.score_points import SCORE_PREFIX
 from chainx.render.featuremaps import displayable, file_stem, png_bytes
@@ -50,8 +50,8 @@ def _probe(chain: onnx.ModelProto, layers: list[str]) -> tuple[torch.nn.Module, 
     names = [scored[layer] for layer in layers]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        # A float16 chain is drawn from its float32 twin: torch's CPU kernels want float32.
-        probe = Float16AsFloat32()(onnx.ModelProto.FromString(chain.SerializeToString())).model
+        # A float16 or channels-last chain is drawn from its float32, NCHW twin.
+        probe = float32_channels_first(chain)
         module = onnx2torch.convert(with_outputs(probe, names)).eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)
@@ -128,7 +128,10 @@ def visualise(
         responses = torch.stack(
             [outputs[layer][i, positions[i]].mean() for i, layer in enumerate(which)]
         )
-        (-responses.sum()).backward()
+        loss = -responses.sum()
+        if not loss.requires_grad:  # every target is a constant: its inputs were all removed
+            break
+        loss.backward()
         adam.step()
     with torch.no_grad():
         final = _fourier_image(spectrum, size)

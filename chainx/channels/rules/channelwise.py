@@ -131,6 +131,14 @@ class ReduceRule(ChannelwiseRule):
         return values.copy()
 
 
+class SqueezeRule(ReduceRule):
+    """Squeeze of spatial axes (GlobalAveragePool then Squeeze, as tf2onnx writes Keras'
+    global pooling): every channel keeps its values."""
+
+    def constant_of(self, node: onnx.NodeProto, g: GraphIndex, values: np.ndarray) -> np.ndarray:
+        return values.copy()
+
+
 class ResizeRule(ChannelwiseRule):
     """Resize or Upsample of the spatial axes: interpolating zeros gives zeros."""
 

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import SAMPLE_MODEL, SAMPLE_REGION
+from conftest import SAMPLE_HOLDOUT, SAMPLE_MODEL, SAMPLE_REGION
 from onnxruntime.quantization import (
     CalibrationDataReader,
     QuantFormat,
@@ -133,3 +133,36 @@ def test_a_float16_model_gives_a_float16_chain_of_its_own_weights(
     weights = {init.name: init for init in chain.graph.initializer}
     convs = [n for n in chain.graph.node if n.op_type == "Conv"]
     assert convs and all(weights[n.input[1]].data_type == onnx.TensorProto.FLOAT16 for n in convs)
+
+
+def test_a_trained_keras_cnn_gives_a_faithful_channels_last_chain(tmp_path: Path) -> None:
+    # tools/export_keras.py: Keras, tf2onnx, NHWC input, Rescaling(1/255) inside the graph.
+    keras_model = SAMPLE_MODEL.parent / "mnist_keras.onnx"
+    out = tmp_path / "keras.chain"
+    outcome = CliRunner().invoke(
+        app,
+        ["extract", str(keras_model), str(SAMPLE_REGION), "--holdout", str(SAMPLE_HOLDOUT)]
+        + ["--resize", "28", "--filter-images", "1", "--out", str(out)],
+    )
+    output = " ".join(outcome.output.split())
+    assert outcome.exit_code == 0, output
+    assert "pixels go in as [0, 255]" in output  # its Rescaling is not applied twice
+    record = json.loads((out / "chain.json").read_text())
+    assert record["summary"]["filters_removed_fraction"] > 0.5
+    assert record["metrics"]["region"]["agree"] == 20
+    assert record["metrics"]["holdout"]["class_agreement"] > 0.8
+    assert record["metrics"]["exactness"]["passed"] and not record["frozen_ops"]
+    chain = onnx.load(out / "chain.onnx")
+    assert [d.dim_value for d in chain.graph.input[0].type.tensor_type.shape.dim][1:] == [28, 28, 1]
+    digits = np.random.default_rng(0).uniform(0, 255, (2, 28, 28, 1)).astype(np.float32)
+    sess = ort.InferenceSession(chain.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {sess.get_inputs()[0].name: digits})[0].shape == (2, 10)
+
+
+def test_the_keras_tool_holds_out_the_sample_digits() -> None:
+    from tools.export_keras import split_indices as keras_split
+    from tools.make_sample_model import load_mnist_5k, split_indices
+
+    _, labels = load_mnist_5k()
+    for ours, theirs in zip(keras_split(labels), split_indices(labels), strict=True):
+        np.testing.assert_array_equal(ours, theirs)

@@ -15,6 +15,11 @@ from chainx.errors import ChainxError
 from chainx.onnx.passes import complete_shapes
 from chainx.onnx.passes.allowzero import DropNeedlessAllowzero
 from chainx.onnx.passes.channel_shuffle import ShuffleToGather
+from chainx.onnx.passes.channels_last import (
+    ChannelsFirstInput,
+    reads_channels_last,
+    with_channels_last_input,
+)
 from chainx.onnx.passes.complete_shapes import CompleteShapes
 from chainx.onnx.passes.contrib_ops import LowerFusedOps
 from chainx.onnx.passes.expand_gelu import ExpandGelu
@@ -599,3 +604,55 @@ def test_float16_as_float32_computes_what_the_float16_model_computes(
     assert np.array_equal(numpy_helper.to_array(weight), numpy_helper.to_array(source))
     got = outputs_on(result.model, x)[0]
     np.testing.assert_allclose(got, expected.astype(np.float32), rtol=1e-2, atol=1e-2)
+
+
+NHWC_ENTRY = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    net (float[N, 6, 6, 3] input) => (float[N, 4, 6, 6] out) {{
+        {entry}
+        out = Conv <pads = [1, 1, 1, 1]> (t, w)
+    }}
+"""
+
+
+@pytest.mark.parametrize(
+    ("entry", "constants"),
+    [
+        ("t = Transpose <perm = [0, 3, 1, 2]> (input)", {}),
+        (  # a Keras Normalization on NHWC, per channel on the last axis, then the Transpose
+            "s = Sub (input, mean)\n d = Div (s, std)\n t = Transpose <perm = [0, 3, 1, 2]> (d)",
+            {"mean": [[[[0.4, 0.5, 0.6]]]], "std": [0.2, 0.25, 0.3]},
+        ),
+    ],
+)
+def test_channels_first_input_reads_nhwc_as_nchw(entry: str, constants: dict) -> None:
+    model = model_with_weights(NHWC_ENTRY.format(entry=entry), {"w": (4, 3, 3, 3)})
+    for name, value in constants.items():
+        model.graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name))
+    assert reads_channels_last(model)
+    x = images(2, 6, 6, 3)
+    expected = outputs_on(model, x)[0]
+    result = ChannelsFirstInput()(onnx.ModelProto.FromString(model.SerializeToString()))
+    assert result.modified and "Transpose" not in ops(result.model)
+    dims = [d.dim_value for d in result.model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1:] == [3, 6, 6]
+    np.testing.assert_allclose(
+        outputs_on(result.model, x.transpose(0, 3, 1, 2))[0], expected, rtol=1e-6
+    )
+    restored = with_channels_last_input(result.model)  # a chain gets the file's layout back
+    np.testing.assert_allclose(outputs_on(restored, x)[0], expected, rtol=1e-6)
+
+
+def test_channels_first_input_takes_tf2onnx_reshape_for_one_channel() -> None:
+    text = NHWC_ENTRY.replace("6, 6, 3]", "6, 6, 1]").format(entry="t = Reshape (input, shape)")
+    model = model_with_weights(text, {"w": (4, 1, 3, 3)})
+    model.graph.initializer.append(numpy_helper.from_array(np.array([-1, 1, 6, 6]), "shape"))
+    result = ChannelsFirstInput()(model)
+    assert result.modified and ops(result.model) == ["Conv"]
+
+
+def test_channels_first_input_leaves_other_entries_alone() -> None:
+    # The image also read elsewhere: not a plain channels-last entry.
+    entry = "t = Transpose <perm = [0, 3, 1, 2]> (input)\n r = Relu (input)"
+    model = model_with_weights(NHWC_ENTRY.format(entry=entry), {"w": (4, 3, 3, 3)})
+    assert not reads_channels_last(model) and not ChannelsFirstInput()(model).modified

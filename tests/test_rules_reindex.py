@@ -182,6 +182,9 @@ def six(line: str, width: int, zero: list[int], values: dict | None = None, opse
     )
 
 
+INT_MAX = 2**31 - 1
+
+
 def slice_values(starts, ends, axes, steps=None) -> dict:
     values = {
         "starts": np.array(starts, np.int64),
@@ -251,6 +254,17 @@ def test_slice_of_channels_and_space_keeps_only_the_spatial_part() -> None:
     np.testing.assert_array_equal(constant(result.model, sliced.input[3]), [2])
     np.testing.assert_array_equal(constant(result.model, sliced.input[1]), [1])
     assert shape_of(result.model, "s") == [None, 4, 4, 6]
+
+
+def test_slice_of_every_axis_with_the_whole_batch_is_a_spatial_slice() -> None:
+    # tf2onnx's Cropping2D: every axis listed, the batch and the channels whole.
+    values = slice_values([0, 1, 1, 0], [INT_MAX] * 4, [0, 2, 3, 1])
+    model = six("s = Slice (m, starts, ends, axes)", 6, [2], values)
+    assert isinstance(rule_of(model, "s"), SliceRule)
+    np.testing.assert_array_equal(states(model).zero["s"], flags(6, [2]))
+    result = shrunk(model)
+    assert not result.frozen
+    assert shape_of(result.model, "s")[1:] == [5, 5, 5]  # channel 2 gone, 6×6 cropped to 5×5
 
 
 def test_slice_of_the_batch_axis_is_frozen() -> None:

@@ -18,3 +18,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q -e ".[dev,tools,ray]"
+# TensorFlow for tools/export_keras.py (Keras models through tf2onnx), in its own virtualenv:
+# TensorFlow and torch in one process can crash. The Keras zoo tests skip without it.
+if [ ! -x .venv-tf/bin/python ]; then
+    python3 -m venv .venv-tf
+    .venv-tf/bin/pip install -q tensorflow-cpu tf2onnx || {
+        rm -rf .venv-tf
+        echo "setup: TensorFlow could not be installed; the Keras zoo tests will be skipped" >&2
+    }
+fi

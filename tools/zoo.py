@@ -7,15 +7,20 @@ shrunk; onnxruntime's output of the chain is compared with the masked torch scor
 results; run this file to print the table for docs/zoo.md:
 
     .venv/bin/python tools/zoo.py [--exporter torchscript dynamo] [--models resnet18 ...]
+    .venv/bin/python tools/zoo.py --models keras/MobileNetV2 ...   # tf2onnx, needs .venv-tf
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
+import subprocess
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -63,6 +68,35 @@ ZOO = {
     "timm/repvgg_a0_reparameterised": 64,
 }
 REPARAMETERISED = "_reparameterised"
+# Keras applications exported by tf2onnx (tools/export_keras.py, under a TensorFlow Python).
+KERAS = {
+    f"keras/{name}": 64
+    for name in ("MobileNetV2", "ResNet50", "EfficientNetB0", "DenseNet121", "NASNetMobile")
+}
+TF2ONNX = "tf2onnx"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tf_python() -> Path | None:
+    """A Python with tensorflow-cpu and tf2onnx: $CHAINX_TF_PYTHON, or setup.sh's .venv-tf."""
+    chosen = os.environ.get("CHAINX_TF_PYTHON")
+    path = Path(chosen) if chosen else REPO / ".venv-tf" / "bin" / "python"
+    return path if path.exists() else None
+
+
+def export_keras(name: str) -> onnx.ModelProto:
+    """The Keras application `keras/<Name>`, exported in its own process (TensorFlow and
+    torch in one process can crash)."""
+    python = tf_python()
+    if python is None:
+        raise RuntimeError("no TensorFlow Python: run tools/setup.sh or set CHAINX_TF_PYTHON")
+    with tempfile.TemporaryDirectory() as folder:
+        arch = name.removeprefix("keras/")
+        command = [str(python), str(REPO / "tools" / "export_keras.py"), "apps", "--out", folder]
+        subprocess.run(command + ["--models", arch], check=True, capture_output=True)
+        return onnx.load(str(Path(folder) / f"{arch}.onnx"))
+
+
 EXPORTERS = ("torchscript", "dynamo")
 KEEP = 0.1
 
@@ -86,6 +120,8 @@ def build(name: str) -> nn.Module:
 
 
 def export(name: str, exporter: str) -> onnx.ModelProto:
+    if exporter == TF2ONNX:
+        return export_keras(name)
     module = build(name)
     size = ZOO[name]
     x = torch.randn(1, 3, size, size)
@@ -180,8 +216,8 @@ def check(name: str, exporter: str, seed: int = 0) -> ZooResult:
     scored = scored_model(model, points, multipliers)
     result = shrink(scored)
     onnx.checker.check_model(result.model, full_check=True)
-    size = ZOO[name]
-    batch = 2 if exporter == "torchscript" else 1
+    size = {**ZOO, **KERAS}[name]
+    batch = 1 if exporter == "dynamo" else 2
     x = np.random.default_rng(1).standard_normal((batch, 3, size, size)).astype(np.float32)
     # The reference is the masked torch scoring model, as in `chainx verify`.
     expected = ScoringModel(model, points).masked(x, multipliers)
@@ -225,11 +261,11 @@ def table(results: list[ZooResult]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--exporter", nargs="+", default=list(EXPORTERS), choices=EXPORTERS)
-    parser.add_argument("--models", nargs="+", default=list(ZOO), choices=list(ZOO))
+    parser.add_argument("--models", nargs="+", default=list(ZOO), choices=list(ZOO) + list(KERAS))
     args = parser.parse_args()
     results = []
     for name in args.models:
-        for exporter in args.exporter:
+        for exporter in [TF2ONNX] if name in KERAS else args.exporter:
             results.append(check(name, exporter))
             print(table(results[-1:]).splitlines()[-1], flush=True)
     print(table(results))

@@ -122,7 +122,12 @@ class SliceRule(Rule):
         if not (g.is_activation(node.input[0]) and g.is_activation(node.output[0])):
             return False
         params = self._params(node, g)
-        return params is not None and 0 not in params[2]
+        if params is None:
+            return False
+        starts, ends, axes, steps = params
+        # The batch axis may appear only as a whole (tf2onnx slices every axis at once).
+        batch = np.flatnonzero(axes == 0)
+        return all(starts[i] == 0 and steps[i] == 1 and ends[i] >= 2**31 - 1 for i in batch)
 
     def source(self, node: onnx.NodeProto, g: GraphIndex) -> np.ndarray:
         """For each output channel, the input channel it copies."""

@@ -18,7 +18,7 @@ ELEMENTWISE = {"Add", "Sub", "Mul", "Div"}
 @dataclass(frozen=True)
 class _Entry:
     """How the image enters: elementwise ops with constants (a Keras Rescaling or
-    Normalization, on NHWC), then the Transpose to NCHW."""
+    Normalization, on NHWC), then the Transpose to NCHW (a Reshape for one channel)."""
 
     image: onnx.ValueInfoProto
     elementwise: list[onnx.NodeProto]
@@ -47,6 +47,8 @@ def _entry(model: onnx.ModelProto, name: str | None = None) -> _Entry | None:
             if perm != TO_CHANNELS_FIRST:
                 return None
             return _Entry(image, elementwise, constants, node)
+        if node.op_type == "Reshape" and _moves_one_channel_first(node, image, initializers):
+            return _Entry(image, elementwise, constants, node)
         others = [i for i in node.input if i != current]
         if node.op_type not in ELEMENTWISE or len(others) != 1 or others[0] not in initializers:
             return None
@@ -59,6 +61,17 @@ def _entry(model: onnx.ModelProto, name: str | None = None) -> _Entry | None:
         elementwise.append(node)
         constants[node.output[0]] = (list(node.input).index(others[0]), value)
         current = node.output[0]
+
+
+def _moves_one_channel_first(
+    node: onnx.NodeProto, image: onnx.ValueInfoProto, initializers: dict
+) -> bool:
+    """A Reshape of (N, H, W, 1) to (N, 1, H, W): tf2onnx's Transpose for one channel."""
+    dims = [d.dim_value for d in image.type.tensor_type.shape.dim]
+    if dims[3] != 1 or not all(dims[1:3]) or node.input[1] not in initializers:
+        return False
+    shape = numpy_helper.to_array(initializers[node.input[1]]).tolist()
+    return len(shape) == 4 and shape[0] in (-1, 0, dims[0] or -1) and shape[1:] == [1, *dims[1:3]]
 
 
 def reads_channels_last(model: onnx.ModelProto, name: str | None = None) -> bool:

@@ -221,3 +221,12 @@ def test_a_model_that_normalises_its_input_gets_its_pixels_once(
     assert ("normalises its input itself" in prep.describe()) is (mean == (0.0,))
     asked = model_preprocessing(model, None, None, (0.5,), (0.5,))  # the options win
     assert (asked.mean, asked.std, asked.note) == ((0.5,), (0.5,), None)
+
+
+@pytest.mark.parametrize("shape", [[None, 3, None, None], ["N", 3, "H", "W"], [1, 3, 32, 48]])
+def test_a_model_without_a_fixed_square_size_asks_for_size(shape: list) -> None:
+    dims = [d if isinstance(d, int) else None for d in shape]
+    with pytest.raises(ChainxError, match="not a fixed square size: give --size"):
+        make_preprocessing(dims, None, None, None, None)
+    if dims[2] is None:  # a dynamic size takes the one asked for
+        assert make_preprocessing(dims, 40, None, None, None).size == 40

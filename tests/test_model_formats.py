@@ -133,6 +133,8 @@ def test_a_float16_model_gives_a_float16_chain_of_its_own_weights(
     weights = {init.name: init for init in chain.graph.initializer}
     convs = [n for n in chain.graph.node if n.op_type == "Conv"]
     assert convs and all(weights[n.input[1]].data_type == onnx.TensorProto.FLOAT16 for n in convs)
+    rechecked = CliRunner().invoke(app, ["verify", str(tmp_path / "half.chain")])
+    assert rechecked.exit_code == 0, rechecked.output  # `chainx verify` at the same tolerance
 
 
 def test_a_trained_keras_cnn_gives_a_faithful_channels_last_chain(tmp_path: Path) -> None:
@@ -157,6 +159,8 @@ def test_a_trained_keras_cnn_gives_a_faithful_channels_last_chain(tmp_path: Path
     digits = np.random.default_rng(0).uniform(0, 255, (2, 28, 28, 1)).astype(np.float32)
     sess = ort.InferenceSession(chain.SerializeToString(), providers=["CPUExecutionProvider"])
     assert sess.run(None, {sess.get_inputs()[0].name: digits})[0].shape == (2, 10)
+    rechecked = CliRunner().invoke(app, ["verify", str(out)])
+    assert rechecked.exit_code == 0, rechecked.output  # fed NHWC, as the chain reads
 
 
 def test_the_keras_tool_holds_out_the_sample_digits() -> None:

@@ -95,7 +95,8 @@ def extract(
         source, scores.scoring, scores.result.multipliers, region, held, settings_record
     )
     timings["export_s"], timings["verify_s"] = chain.export_s, chain.verify_s
-    refuse_unfaithful(chain.verification, chain_summary(scores.result.multipliers, chain.present))
+    summary = chain_summary(scores.result.multipliers, chain.present)
+    refuse_unfaithful(chain.verification, summary)
     class_names = read_class_names(settings.read.class_names)
     frontier = None
     if settings.frontier:
@@ -154,7 +155,7 @@ def extract(
             "holdout": str(holdout) if holdout else None,
         },
         "settings": settings_record,
-        "summary": chain_summary(multipliers, chain.present),
+        "summary": summary,
         "layers": [layer.to_json() for layer in layers],
         "edges": edges,
         "paths": [

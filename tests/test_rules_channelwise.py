@@ -278,16 +278,14 @@ def test_average_pool_keeps_constants_unless_it_counts_padding(attrs: str, const
 # ---------------------------------------------------------------- Reduce
 
 
-def reduce_model(op: str, opset: int) -> object:
-    by_input = opset >= 18 or op == "ReduceSum"  # ReduceSum takes axes as an input from 13
-    attrs = "keepdims = 0" if by_input else "keepdims = 0, axes = [2, 3]"
-    inputs = "(k, axes)" if by_input else "(k)"
+def pooled_model(lines: str, opset: int) -> object:
+    """`masked`'s Conv, mask and shift, then `lines` (ending in `r`, (N, 5)), then a Gemm."""
     text = f"""
     net (float[N, 3, 4, 4] x) => (float[N, 4] y) {{
         c = Conv (x, w0, b0)
         m = Mul (c, mask)
         k = Add (m, shift)
-        r = {op} <{attrs}> {inputs}
+        {lines}
         y = Gemm <transB = 1> (r, w1, b1)
     }}
     """
@@ -298,6 +296,13 @@ def reduce_model(op: str, opset: int) -> object:
     }
     shapes = {"w0": (5, 3, 1, 1), "b0": (5,), "w1": (4, 5), "b1": (4,)}
     return build(text, shapes, values, opset=opset)
+
+
+def reduce_model(op: str, opset: int) -> object:
+    by_input = opset >= 18 or op == "ReduceSum"  # ReduceSum takes axes as an input from 13
+    attrs = "keepdims = 0" if by_input else "keepdims = 0, axes = [2, 3]"
+    inputs = "(k, axes)" if by_input else "(k)"
+    return pooled_model(f"r = {op} <{attrs}> {inputs}", opset)
 
 
 @pytest.mark.parametrize("opset", [13, 18])
@@ -318,23 +323,7 @@ def test_spatial_reduce_keeps_zeros_and_constants(op: str, constant: bool, opset
 def test_squeeze_of_pooled_spatial_axes_keeps_zeros_and_constants(opset: int) -> None:
     # tf2onnx's Keras GlobalAveragePooling2D: GlobalAveragePool, then Squeeze of H and W.
     squeeze = "Squeeze (p, axes)" if opset >= 13 else "Squeeze <axes = [2, 3]> (p)"
-    text = f"""
-    net (float[N, 3, 4, 4] x) => (float[N, 4] y) {{
-        c = Conv (x, w0, b0)
-        m = Mul (c, mask)
-        k = Add (m, shift)
-        p = GlobalAveragePool (k)
-        r = {squeeze}
-        y = Gemm <transB = 1> (r, w1, b1)
-    }}
-    """
-    values = {
-        "mask": mask(5, [ZERO, SHIFTED]),
-        "shift": channel_values([0, 0, 0, SHIFT, 0]),
-        "axes": np.array([2, 3], np.int64),
-    }
-    shapes = {"w0": (5, 3, 1, 1), "b0": (5,), "w1": (4, 5), "b1": (4,)}
-    model = build(text, shapes, values, opset=opset)
+    model = pooled_model(f"p = GlobalAveragePool (k)\n        r = {squeeze}", opset)
     assert isinstance(rule_of(model, "r"), SqueezeRule)
     assert_zero_and_const(model, "r", [ZERO], {SHIFTED: SHIFT})
     assert node_input(shrunk(model).model, "y", 1).shape == (4, 3)  # the constant folded

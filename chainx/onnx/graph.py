@@ -116,6 +116,13 @@ def with_nodes(
     return result
 
 
+def fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The batch size the image input fixes (a model exported for a batch of 1 bakes the 1
+    into its Reshapes), or None where the batch is free."""
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0]
+    return batch.dim_value if batch.HasField("dim_value") else None
+
+
 def known_shapes(graph: onnx.GraphProto) -> dict[str, list[int | None]]:
     """Tensor name → its dims as the graph's value infos give them (None where unknown)."""
     shapes: dict[str, list[int | None]] = {}

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from chainx.images import Preprocessing
+from chainx.onnx.graph import fixed_batch
 from chainx.onnx.normalise import float32_channels_first
 from chainx.onnx.runtime import with_outputs
 from chainx.onnx.score_points import SCORE_PREFIX
@@ -116,15 +117,14 @@ def visualise(
     mean = torch.tensor(prep.mean, dtype=torch.float32).reshape(1, -1, 1, 1)
     std = torch.tensor(prep.std, dtype=torch.float32).reshape(1, -1, 1, 1)
     which = [layers.index(t.layer) for t in targets]
-    batch = chain.graph.input[0].type.tensor_type.shape.dim[0]
-    fixed_batch = batch.dim_value if batch.HasField("dim_value") else None
+    fixed = fixed_batch(chain)
     positions = torch.tensor([t.position for t in targets])
     for _ in range(steps):
         adam.zero_grad()
         pixels = _transform(_fourier_image(spectrum, size), generator)
         if prep.channels == 1:
             pixels = pixels.mean(dim=1, keepdim=True)
-        outputs = _run_probe(module, (pixels - mean) / std, fixed_batch)
+        outputs = _run_probe(module, (pixels - mean) / std, fixed)
         responses = torch.stack(
             [outputs[layer][i, positions[i]].mean() for i, layer in enumerate(which)]
         )

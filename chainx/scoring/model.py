@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from chainx.errors import ChainxError
+from chainx.onnx.graph import fixed_batch
 from chainx.onnx.score_points import ScorePoint, scored_model
 
 
@@ -60,9 +61,7 @@ class ScoringModel(nn.Module):
         self.gate_init = gate_init
         self.gates = nn.Parameter(torch.full((len(points),), gate_init))
         self.masks = [torch.ones(point.channels, dtype=torch.bool) for point in points]
-        batch = model.graph.input[0].type.tensor_type.shape.dim[0]
-        # A model exported with a fixed batch (often 1) bakes it into its reshapes.
-        self.fixed_batch = batch.dim_value if batch.HasField("dim_value") else None
+        self.fixed_batch = fixed_batch(model)
 
     def multipliers(self) -> list[torch.Tensor]:
         gates = torch.sigmoid(self.gates)

@@ -133,10 +133,7 @@ class ReduceRule(ChannelwiseRule):
 
 class SqueezeRule(ReduceRule):
     """Squeeze of spatial axes (GlobalAveragePool then Squeeze, as tf2onnx writes Keras'
-    global pooling): every channel keeps its values."""
-
-    def constant_of(self, node: onnx.NodeProto, g: GraphIndex, values: np.ndarray) -> np.ndarray:
-        return values.copy()
+    global pooling): every channel keeps its values, as ReduceRule's non-sum ops do."""
 
 
 class ResizeRule(ChannelwiseRule):

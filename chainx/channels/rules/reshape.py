@@ -60,8 +60,6 @@ class UnitReshapeRule(ChannelwiseRule):
     """A Reshape between (N, C) and (N, C, 1, 1), either way or to itself: each channel
     keeps its values (tf2onnx writes Keras' squeeze-and-excitation so)."""
 
-    params = ()
-
     def accepts(self, node: onnx.NodeProto, g: GraphIndex) -> bool:
         x, y = node.input[0], node.output[0]
         if not (g.is_activation(x) and g.is_activation(y)):

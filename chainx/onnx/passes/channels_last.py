@@ -12,6 +12,7 @@ from onnx import numpy_helper
 from chainx.onnx.passes.base import ModelPass, PassResult
 
 TO_CHANNELS_FIRST = [0, 3, 1, 2]
+TO_CHANNELS_LAST = [0, 2, 3, 1]
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div"}
 
 
@@ -93,13 +94,18 @@ def with_channels_last_input(model: onnx.ModelProto) -> onnx.ModelProto:
             "Transpose", [image.name], [inner], name=inner, perm=TO_CHANNELS_FIRST
         ),
     )
-    dims = image.type.tensor_type.shape.dim
-    reordered = [onnx.TensorShapeProto.Dimension() for _ in range(4)]
-    for target, source in zip(reordered, [0, 2, 3, 1], strict=True):
+    _permute_dims(image, TO_CHANNELS_LAST)
+    return model
+
+
+def _permute_dims(info: onnx.ValueInfoProto, perm: list[int]) -> None:
+    """Reorder the declared dims of `info` as a Transpose with `perm` would."""
+    dims = info.type.tensor_type.shape.dim
+    reordered = [onnx.TensorShapeProto.Dimension() for _ in perm]
+    for target, source in zip(reordered, perm, strict=True):
         target.CopyFrom(dims[source])
     del dims[:]
     dims.extend(reordered)
-    return model
 
 
 class ChannelsFirstInput(ModelPass):
@@ -114,12 +120,7 @@ class ChannelsFirstInput(ModelPass):
         if entry is None:
             return PassResult(model, modified=False)
         graph = model.graph
-        dims = entry.image.type.tensor_type.shape.dim
-        reordered = [onnx.TensorShapeProto.Dimension() for _ in range(4)]
-        for target, source in zip(reordered, TO_CHANNELS_FIRST, strict=True):
-            target.CopyFrom(dims[source])
-        del dims[:]
-        dims.extend(reordered)
+        _permute_dims(entry.image, TO_CHANNELS_FIRST)
         for node in entry.elementwise:
             position, value = entry.constants[node.output[0]]
             if value.size > 1:  # per channel on the last axis: on axis 1 now

@@ -12,6 +12,12 @@ from chainx.onnx.passes.base import ModelPass, PassResult, default_opset, descri
 STANDARD_DOMAINS = {"", "ai.onnx"}
 MICROSOFT = "com.microsoft"
 # Defaults of the activation parameters, as onnxruntime's fused kernels read them.
+_GEMM_ACTIVATION_ATTRIBUTES = {
+    "activation",
+    "activation_alpha",
+    "activation_beta",
+    "activation_gamma",
+}
 ACTIVATION_DEFAULTS = {"LeakyRelu": [0.01], "HardSigmoid": [0.2, 0.5], "Clip": [-np.inf, np.inf]}
 
 
@@ -55,14 +61,6 @@ class LowerFusedOps(ModelPass):
             model.opset_import.extend(imports)
             modified = True
         return PassResult(model, modified)
-
-
-_GEMM_ACTIVATION_ATTRIBUTES = {
-    "activation",
-    "activation_alpha",
-    "activation_beta",
-    "activation_gamma",
-}
 
 
 def _lower(

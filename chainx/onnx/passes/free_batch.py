@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from chainx.onnx.graph import fixed_batch
 from chainx.onnx.passes.base import ModelPass, PassResult
 from chainx.onnx.runtime import MODEL_ERRORS, session
 
@@ -26,8 +27,7 @@ class FreeFixedBatch(ModelPass):
     """
 
     def call(self, model: onnx.ModelProto) -> PassResult:
-        graph = model.graph
-        if not _fixed_batch_of_one(graph.input[0]):
+        if fixed_batch(model) != 1:
             return PassResult(model, modified=False)
         freed = onnx.ModelProto.FromString(model.SerializeToString())
         if not _free_reshapes(freed.graph):
@@ -38,11 +38,6 @@ class FreeFixedBatch(ModelPass):
                 dims[0].dim_param = BATCH
         del freed.graph.value_info[:]  # inferred again by the caller, with the free batch
         return PassResult(freed, True) if _same_outputs(model, freed) else PassResult(model, False)
-
-
-def _fixed_batch_of_one(info: onnx.ValueInfoProto) -> bool:
-    dims = info.type.tensor_type.shape.dim
-    return bool(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == 1
 
 
 def _free_reshapes(graph: onnx.GraphProto) -> bool:

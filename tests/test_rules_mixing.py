@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnx import numpy_helper
 from rules_helpers import (
     SHIFT,
     SHIFTED,
@@ -258,20 +259,23 @@ def test_conv_filters_with_zero_weights_and_bias_are_zero_and_removed() -> None:
     w0[[1, 3]] = 0
     b0[[1, 3]] = 0
     w0[4] = 0  # zero weights, but a bias: the constant b0[4], not zero
+    b0[4] = abs(b0[4]) + 0.5  # positive, so that it passes the Relu
     model = dense(w0, b0)
     assert isinstance(rule_of(model, "c"), ConvRule)
     s = states(model)
     np.testing.assert_array_equal(s.zero["c"], flags(5, [1, 3]))
-    np.testing.assert_array_equal(s.const["c"][[1, 3]], [0, 0])
+    np.testing.assert_array_equal(s.const["c"][[1, 3, 4]], [0, 0, b0[4]])
+    assert np.isnan(s.const["c"][[0, 2]]).all()
     result = shrunk(model)
     chain_w0 = node_input(result.model, "c", 1)
-    np.testing.assert_array_equal(chain_w0, w0[[0, 2, 4]])  # bit-identical rows
-    np.testing.assert_array_equal(node_input(result.model, "c", 2), b0[[0, 2, 4]])
+    np.testing.assert_array_equal(chain_w0, w0[[0, 2]])  # bit-identical rows
+    np.testing.assert_array_equal(node_input(result.model, "c", 2), b0[[0, 2]])
+    # The padded 3×3 conv after it reads the constant channel, carried as a constant.
     np.testing.assert_array_equal(
         node_input(result.model, "y", 1), node_input(model, "y", 1)[:, [0, 2, 4]]
     )
     recorded = {(piece.node, piece.original): piece.axes for piece in result.slices}
-    assert recorded[("c", "w0")] == ([0, 2, 4], [0, 1, 2])
+    assert recorded[("c", "w0")] == ([0, 2], [0, 1, 2])
     assert recorded[("y", "w1")] == ([0, 1], [0, 2, 4])
 
 
@@ -334,7 +338,7 @@ def test_pointwise_conv_without_bias_gets_one_for_folded_constants() -> None:
     )
 
 
-def test_conv_whose_every_input_is_zero_reads_one_zero_channel() -> None:
+def test_conv_whose_every_input_is_zero_outputs_its_bias_without_a_conv() -> None:
     text = DENSE.replace("r = Relu (c)", "r = Mul (c, dead)")
     model = build(
         text,
@@ -343,9 +347,8 @@ def test_conv_whose_every_input_is_zero_reads_one_zero_channel() -> None:
     )
     assert states(model).zero["r"].all()
     result = shrunk(model)
-    assert "c" not in {n.name for n in result.model.graph.node}
-    assert node_input(result.model, "y", 1).shape == (2, 1, 3, 3)
-    assert "ConstantOfShape" in ops(result.model)  # zeros of the batch's size
+    assert "Conv" not in ops(result.model)  # y is its bias at every pixel
+    assert "ConstantOfShape" in ops(result.model)  # of the batch's size
 
 
 # ---------------------------------------------------------------- ConvRule: depthwise
@@ -377,15 +380,22 @@ def test_depthwise_conv_couples_each_filter_to_its_channel() -> None:
     assert node_input(result.model, "c", 1).shape[0] == 3
 
 
-def test_depthwise_conv_with_a_bias_keeps_filters_of_zero_channels() -> None:
-    """A zero channel through a depthwise filter with a bias is not zero: the filter stays,
-    and reads its (zero) channel refilled."""
+def test_depthwise_filters_of_zero_channels_output_their_bias() -> None:
+    """A zero channel through a depthwise filter with a bias is not zero but the bias at
+    every pixel (zero padding adds zeros too): a constant, folded into the 1×1 conv after
+    it, so the filter and its zero channel go."""
     model = depthwise(bias=True)
-    assert not states(model).zero["d"].any()
+    st = states(model)
+    assert not st.zero["d"].any()
+    zero_channels = np.flatnonzero(st.zero["m"])
+    assert len(zero_channels) == 2
+    bias = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "bd"))
+    np.testing.assert_array_equal(st.const["d"][zero_channels], bias[zero_channels])
     result = shrunk(model)
-    assert node_input(result.model, "d", 1).shape == (5, 1, 3, 3)
+    assert node_input(result.model, "d", 1).shape == (3, 1, 3, 3)
     assert node_input(result.model, "c", 1).shape[0] == 3
-    assert shape_of(result.model, node(result.model, "d").input[0])[1] == 5
+    assert shape_of(result.model, node(result.model, "d").input[0])[1] == 3
+    assert not {"Pad", "Gather"} & set(ops(result.model))
 
 
 # ---------------------------------------------------------------- ConvRule: grouped

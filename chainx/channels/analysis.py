@@ -19,7 +19,10 @@ class ChannelAnalysis:
     rules: dict[str, Rule]  # node name → the rule that answers for it
 
 
-def analyse_channels(g: GraphIndex) -> ChannelAnalysis:
+def analyse_channels(g: GraphIndex, carried: Masks | None = None) -> ChannelAnalysis:
+    """`carried` (tensor → channel mask) names channels to compute whatever their value:
+    they count as live and needed (a deploy chain's zero padding filters)."""
+    carried = carried or {}
     rules = {node.name: rule_for(node, g) for node in g.nodes}
     zero: Masks = {g.input_name: np.zeros(g.width[g.input_name], bool)}
     const: Values = {g.input_name: np.full(g.width[g.input_name], np.nan)}
@@ -31,7 +34,12 @@ def analyse_channels(g: GraphIndex) -> ChannelAnalysis:
                 # A zero channel is the constant 0, whatever the rule knows.
                 values = np.where(np.isfinite(const[name]), const[name], np.nan)
                 const[name] = np.where(zero[name], 0.0, values)
+            if name in carried:
+                zero[name] = zero[name] & ~carried[name]
+                const[name] = np.where(carried[name], np.nan, const[name])
     need: Masks = {name: np.zeros(width, bool) for name, width in g.width.items()}
+    for name, channels in carried.items():
+        need[name] |= channels
     for name in g.output_names:
         need[name] |= True
     for node in reversed(g.nodes):

@@ -149,13 +149,25 @@ class ConvRule(Rule):
         reads_live = (self._contributes(node, g) & ~zero[x][None, :]).any(axis=1)
         zero[y] = self._bias_zero(node, g) & ~reads_live
 
+    def consts(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, const: Values) -> None:
+        """A filter that reads only zero channels outputs its bias at every pixel, exactly:
+        zero padding adds zeros too (a depthwise filter whose input channel was removed)."""
+        x, y = node.input[0], node.output[0]
+        reads_live = (self._contributes(node, g) & ~zero[x][None, :]).any(axis=1)
+        bias = (
+            g.constants[node.input[2]].astype(np.float64)
+            if len(node.input) > 2 and node.input[2]
+            else np.zeros(g.width[y])
+        )
+        const[y] = np.where(reads_live, np.nan, bias)
+
     def needs(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, need: Masks) -> None:
         x, y = node.input[0], node.output[0]
         need[x] |= (self._contributes(node, g) & need[y][:, None]).any(axis=0)
 
     def emit(self, node: onnx.NodeProto, em: Emitter) -> None:
         g, x, y = em.g, node.input[0], node.output[0]
-        rows = np.flatnonzero(em.need[y] & ~em.zero[y])
+        rows = np.flatnonzero(em.need[y] & np.isnan(em.const[y]))
         weight = self._weight(node, g)
         groups = _conv_groups(node)
         attrs: dict[str, object] = {}

@@ -14,7 +14,7 @@ from chainx.chain.verify import ChainVerification, model_cost
 from chainx.errors import UnfaithfulChainError
 from chainx.frontier import frontier_chains
 from chainx.onnx.graph import GraphIndex
-from chainx.pipeline import Listener, build_chain, open_model, optimise_scores
+from chainx.pipeline import Listener, build_chain, build_deploy, open_model, optimise_scores
 from chainx.render.files import render_files
 from chainx.render.frontier_plot import frontier_plot
 from chainx.render.layers import layer_edges
@@ -121,9 +121,17 @@ def extract(
         listener.message(f"strongest inference path: {paths[0].describe(names)}")
     timings["paths_s"] = time.perf_counter() - mark
 
+    deploy = build_deploy(source, multipliers, chain, region)
+    timings["deploy_s"] = deploy.seconds
+    if not deploy.check.passed:
+        listener.message(
+            f"chain.deploy.onnx differs from chain.onnx by {deploy.check.max_abs_diff:.3g} "
+            f"(tolerance {deploy.check.tolerance:.3g}); deploy chain.onnx instead"
+        )
     cost = {
         "original": asdict(model_cost(model, region.array[:1])),
         "chain": asdict(model_cost(chain.model, region.array[:1])),
+        "deploy": asdict(deploy.cost),
     }
     graph = LayerGraph(
         layers,
@@ -174,6 +182,7 @@ def extract(
         "frozen_ops": [{"node": name, "op_type": op} for name, op in chain.frozen],
         "metrics": {
             **chain.verification.to_json(),
+            "deploy": {**asdict(deploy.check), "block": deploy.block},
             "cost": cost,
             "optimisation": {
                 "steps": scores.result.steps,
@@ -189,7 +198,11 @@ def extract(
             {key: entry[key] for key in FRONTIER_SUMMARY} for entry in frontier.entries
         ]
     outputs = chain.verification.outputs
-    files = {**drawn.files, **(frontier.files if frontier else {})}
+    files = {
+        **drawn.files,
+        **(frontier.files if frontier else {}),
+        "chain.deploy.onnx": deploy.model.SerializeToString(),
+    }
     report = report_html(
         {**record, "files": {}},
         files,

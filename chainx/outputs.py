@@ -20,6 +20,7 @@ from chainx.errors import ChainxError
 
 OUTPUT_FILES = (
     "chain.onnx",
+    "chain.deploy.onnx",
     "chain.json",
     "chain.gv",
     "chain.svg",

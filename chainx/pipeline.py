@@ -3,6 +3,7 @@ trials:
 
     open_model → Source.images → optimise_scores → build_chain (export, verify)
                                                  → measure_chain (fidelity metrics), frontier_entry
+                                                 → build_deploy (chain.deploy.onnx, checked)
 
 Each stage is a function that takes the previous stages' records and returns its own.
 `chainx.extraction.extract` runs them all and draws the result; a sweep trial runs them
@@ -20,9 +21,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
+from chainx.chain.deploy import BLOCK, check_deploy, deploy_chain
 from chainx.chain.export import chain_summary, export_chain
 from chainx.chain.metrics import fidelity_metrics
-from chainx.chain.verify import ChainVerification, Reference, verify_chain
+from chainx.chain.verify import (
+    ChainVerification,
+    Exactness,
+    ModelCost,
+    Reference,
+    model_cost,
+    verify_chain,
+)
 from chainx.channels.emitter import WeightSlice
 from chainx.channels.surgery import present_units
 from chainx.images import ImageSet, Preprocessing, load_images, model_preprocessing
@@ -185,6 +194,41 @@ def build_chain(
     return BuiltChain(
         surgery.model, surgery.slices, surgery.frozen, verification, present, export_s, verify_s
     )
+
+
+@dataclass
+class DeployChain:
+    model: onnx.ModelProto
+    check: Exactness  # against chain.onnx on the region
+    cost: ModelCost
+    block: int  # the channel block its layers are padded to (1: not padded)
+    seconds: float
+
+
+def build_deploy(
+    source: Source, multipliers: dict[str, np.ndarray], chain: BuiltChain, region: ImageSet
+) -> DeployChain:
+    """chain.deploy.onnx (chain/deploy.py) of `multipliers`, checked against the chain.
+
+    Padding pays where layers run on the fast path once whole; on a small network (16
+    filters a layer) it only adds work. Both forms are timed here and the faster is kept.
+    """
+    mark = time.perf_counter()
+    candidates = []
+    for block in (BLOCK, 1):
+        model = deploy_chain(
+            source.normalised,
+            source.points,
+            multipliers,
+            float16_form(source.original),
+            reads_channels_last(source.original, source.normalised.graph.input[0].name),
+            block,
+        )
+        candidates.append((model_cost(model, region.array[:1]), block, model))
+    cost, block, model = min(candidates, key=lambda candidate: candidate[0].latency_ms)
+    onnx.checker.check_model(model, full_check=True)
+    check = check_deploy(model, chain.model, region.array)
+    return DeployChain(model, check, cost, block, time.perf_counter() - mark)
 
 
 def folder_labels(images: ImageSet | None, class_names: list[str] | None) -> list[int | None]:

@@ -99,6 +99,25 @@ def test_verify_fails_with_exit_1_on_a_corrupted_chain(extracted: Path, tmp_path
     assert "Traceback" not in result.output
 
 
+def test_extract_writes_a_deploy_file_that_verify_checks(extracted: Path, tmp_path: Path) -> None:
+    data = json.loads((extracted / "chain.json").read_text())
+    assert data["metrics"]["deploy"]["passed"]
+    cost = data["metrics"]["cost"]
+    assert 0 < cost["chain"]["macs"] <= cost["original"]["macs"]
+    assert cost["deploy"]["macs"] >= cost["chain"]["macs"]  # padding adds zero filters
+    assert "chain.deploy.onnx" in data["files"]
+    copy = tmp_path / "copy"
+    shutil.copytree(extracted, copy)
+    deploy = onnx.load(str(copy / "chain.deploy.onnx"))
+    conv = next(n for n in deploy.graph.node if n.op_type == "Conv")
+    init = next(i for i in deploy.graph.initializer if i.name == conv.input[1])
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.5, init.name))
+    onnx.save(deploy, str(copy / "chain.deploy.onnx"))
+    result = invoke("verify", copy)
+    assert result.exit_code == 1, result.output
+    assert "DIFFERS from chain.onnx" in " ".join(result.output.split())
+
+
 def test_verify_a_chain_alone_asks_for_the_model(extracted: Path) -> None:
     result = invoke("verify", extracted / "chain.onnx")
     assert result.exit_code == 2

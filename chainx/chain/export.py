@@ -32,10 +32,7 @@ def export_chain(
     `passes.float16.float16_form`), its weights then the source's float16 values again.
     """
     result = shrink(scored_model(normalised, points, multipliers))
-    if channels_last:
-        result.model = with_channels_last_input(result.model)
-    if float16 is not None:
-        result.model = as_float16(result.model, keep_io_types=float16 == FLOAT16_INSIDE)
+    result.model = source_form(result.model, float16, channels_last)
     sparse = {
         conv: {
             "total": int(len(values)),
@@ -51,15 +48,24 @@ def export_chain(
         "chainx.multipliers": json.dumps(sparse),
         "chainx.slices": json.dumps([asdict(s) for s in result.slices]),
     }
-    for key, value in metadata.items():
-        entry = result.model.metadata_props.add()
-        entry.key, entry.value = key, value
+    add_metadata(result.model, metadata)
     result.model.doc_string = (
         "Local inference chain extracted by chainx. Every Conv and Gemm weight is an exact "
         "slice of the source model's; the Mul nodes named chainx.score.<conv> multiply each "
         "kept filter by its score times its layer gate."
     )
     return result
+
+
+def source_form(
+    model: onnx.ModelProto, float16: str | None, channels_last: bool
+) -> onnx.ModelProto:
+    """A model built from the normalised one, in the source's form again."""
+    if channels_last:
+        model = with_channels_last_input(model)
+    if float16 is not None:
+        model = as_float16(model, keep_io_types=float16 == FLOAT16_INSIDE)
+    return model
 
 
 def chain_summary(
@@ -85,6 +91,12 @@ def chain_summary(
         "filters_removed_fraction": 1 - kept / total,
         "filters_folded": folded,
     }
+
+
+def add_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
 
 
 def read_metadata(chain: onnx.ModelProto) -> dict[str, str]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
 
+from chainx.chain.deploy import check_deploy
 from chainx.chain.export import (
     chain_summary,
     multipliers_from_metadata,
@@ -30,6 +31,7 @@ class ChainSources:
     model: Path
     images: Path
     holdout: Path | None
+    deploy: Path | None = None  # chain.deploy.onnx, checked against the chain
 
     @classmethod
     def resolve(
@@ -48,6 +50,7 @@ class ChainSources:
                 model=model or Path(source["model"]),
                 images=images or Path(source["images"]),
                 holdout=holdout or (Path(source["holdout"]) if source.get("holdout") else None),
+                deploy=deploy if (deploy := target / "chain.deploy.onnx").is_file() else None,
             )
         if model is None or images is None:
             raise ChainxError(
@@ -93,13 +96,21 @@ def verify_saved_chain(sources: ChainSources) -> dict[str, Any]:
         holdout,
         settings["output_kind"],
     )
+    metrics = verification.to_json()
+    files = {"chain.onnx": str(sources.chain)}
+    passed = verification.passed and not warnings
+    if sources.deploy is not None:
+        check = check_deploy(load_model(sources.deploy), chain, region.array)
+        metrics["deploy"] = asdict(check)
+        files["chain.deploy.onnx"] = str(sources.deploy)
+        passed = passed and check.passed
     return {
-        "passed": verification.passed and not warnings,
+        "passed": passed,
         "warnings": warnings,
         "summary": chain_summary(
             multipliers,
             present_units(chain, slices, {p.layer: p.channels for p in points}),
         ),
-        "metrics": verification.to_json(),
-        "files": {"chain.onnx": str(sources.chain)},
+        "metrics": metrics,
+        "files": files,
     }

@@ -10,6 +10,7 @@ from onnx import helper
 
 from chainx.channels.analysis import analyse_channels
 from chainx.channels.emitter import Emitter, WeightSlice
+from chainx.channels.states import Masks
 from chainx.onnx.graph import GraphIndex, live_nodes
 
 
@@ -21,10 +22,11 @@ class SurgeryResult:
     refilled: int = 0
 
 
-def shrink(model: onnx.ModelProto) -> SurgeryResult:
-    """The smallest graph that computes what `model` computes on every needed channel."""
+def shrink(model: onnx.ModelProto, carried: Masks | None = None) -> SurgeryResult:
+    """The smallest graph that computes what `model` computes on every needed channel, and
+    on the `carried` channels (tensor → mask) whatever their value."""
     g = GraphIndex.build(model)
-    analysis = analyse_channels(g)
+    analysis = analyse_channels(g, carried)
     em = Emitter(analysis.states)
     for node in g.nodes:
         if analysis.states.is_dead(node):

@@ -151,8 +151,21 @@ def print_chain_summary(data: dict) -> None:
             "cost",
             f"parameters {chain['parameters']:,} vs {original['parameters']:,}, "
             f"file {chain['file_bytes']:,} B vs {original['file_bytes']:,} B, "
+            f"MACs {chain['macs']:,} vs {original['macs']:,}, "
             f"latency {chain['latency_ms']:.2f} ms vs {original['latency_ms']:.2f} ms",
         )
+    deploy = metrics.get("deploy")
+    if deploy:
+        check = "agrees with chain.onnx" if deploy["passed"] else "DIFFERS from chain.onnx"
+        text = (
+            f"chain.deploy.onnx {check}: max |Δ| {deploy['max_abs_diff']:.2e} "
+            f"(tolerance {deploy['tolerance']:.2e})"
+        )
+        if cost and "deploy" in cost:
+            text += (
+                f"; latency {cost['deploy']['latency_ms']:.2f} ms, MACs {cost['deploy']['macs']:,}"
+            )
+        table.add_row("deploy", text)
     frozen = data.get("frozen_ops") or []
     if frozen:
         names = ", ".join(f"{f['node']} ({f['op_type']})" for f in frozen[:5])

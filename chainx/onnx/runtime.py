@@ -59,11 +59,17 @@ def _providers() -> tuple[str, ...]:
 
 
 def session(
-    model: onnx.ModelProto | Path, optimised: bool = False, cpu: bool = False, quiet: bool = False
+    model: onnx.ModelProto | Path,
+    optimised: bool = False,
+    cpu: bool = False,
+    quiet: bool = False,
+    threads: int = 0,
 ) -> ort.InferenceSession:
-    """`quiet` for a probe that may fail: onnxruntime then logs nothing, not even errors."""
+    """`quiet` for a probe that may fail: onnxruntime then logs nothing, not even errors;
+    `threads` intra-op threads (0: onnxruntime's choice)."""
     options = ort.SessionOptions()
     options.log_severity_level = 4 if quiet else 3
+    options.intra_op_num_threads = threads
     if not optimised:
         # With fusions off a difference in the graph cannot hide behind a rewrite.
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

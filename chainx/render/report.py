@@ -186,14 +186,19 @@ def report_html(
         ("verification", f"{status}: max |Δ| {metrics['exactness']['max_abs_diff']:.3g}"),
     ]
     cost = metrics["cost"]
+    forms = [form for form in ("original", "chain", "deploy") if form in cost]
     cost_rows = [
         (
-            key,
-            f"original {cost['original'][key]:,} · chain {cost['chain'][key]:,}"
-            if isinstance(cost["original"][key], int)
-            else f"original {cost['original'][key]:.3g} · chain {cost['chain'][key]:.3g}",
+            key.replace("_", " "),
+            " · ".join(
+                f"{form} {cost[form][key]:,}"
+                if isinstance(cost[form][key], int)
+                else f"{form} {cost[form][key]:.3g}"
+                for form in forms
+                if key in cost[form]
+            ),
         )
-        for key in ("parameters", "file_bytes", "latency_ms")
+        for key in ("parameters", "file_bytes", "macs", "latency_ms")
     ]
     svg = files["chain.svg"].decode("utf-8")
     svg = svg[svg.index("<svg") :]

@@ -48,6 +48,7 @@ def test_version() -> None:
 
 def test_extract_writes_every_output(extracted: Path) -> None:
     assert sorted(p.name for p in extracted.iterdir()) == [
+        "chain.deploy.onnx",
         "chain.gv",
         "chain.json",
         "chain.onnx",

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import inputs_for, tiny_model
+import onnx
+import pytest
+from conftest import inputs_for, random_multipliers, tiny_model
 from onnx import numpy_helper
 
 from chainx.channels.surgery import present_units, shrink
 from chainx.onnx.graph import GraphIndex
-from chainx.onnx.score_points import find_score_points, scored_model
+from chainx.onnx.runtime import run_tensors
+from chainx.onnx.score_points import SCORE_PREFIX, find_score_points, scored_model
 from chainx.render.layers import layer_edges
 from chainx.render.paths import link_weights, strongest_paths
 
@@ -49,3 +52,50 @@ def test_links_follow_the_weights_of_the_chain() -> None:
     paths = strongest_paths(links, present, [conv1, conv2], count=50)
     assert paths
     assert all(p.filters[1] == (conv2, 0) for p in paths if p.filters[0] == (conv1, 2))
+
+
+def links_by_whole_runs(
+    chain: onnx.ModelProto, images: np.ndarray, kept: dict, pairs: list[tuple[str, str]]
+) -> dict[tuple[str, str], np.ndarray]:
+    """The definition, run literally: the whole chain once per kept filter, its multiplier
+    set to zero, and b's mean response compared."""
+    muls = {
+        n.name[len(SCORE_PREFIX) :]: n for n in chain.graph.node if n.name.startswith(SCORE_PREFIX)
+    }
+    names = [muls[layer].output[0] for layer in kept]
+    base = run_tensors(chain, images, names)
+    links = {}
+    for a, b in pairs:
+        init = next(i for i in chain.graph.initializer if i.name == muls[a].input[1])
+        weights = np.zeros((len(kept[a]), len(kept[b])))
+        for position in range(len(kept[a])):
+            off = onnx.ModelProto()
+            off.CopyFrom(chain)
+            value = numpy_helper.to_array(init).copy()
+            value.reshape(-1)[position] = 0
+            target = next(i for i in off.graph.initializer if i.name == init.name)
+            target.CopyFrom(numpy_helper.from_array(value, init.name))
+            changed = run_tensors(off, images, [muls[b].output[0]])[muls[b].output[0]]
+            reference = base[muls[b].output[0]]
+            weights[position] = np.abs(
+                changed.mean(axis=(2, 3)) - reference.mean(axis=(2, 3))
+            ).mean(axis=0)
+        links[(a, b)] = weights
+    return links
+
+
+@pytest.mark.parametrize("name", ["identity", "depthwise", "inception", "squeeze-excite"])
+def test_links_from_the_part_between_layers_equal_whole_chain_runs(name: str) -> None:
+    model = tiny_model(name)
+    points = find_score_points(model)
+    multipliers = random_multipliers(points, keep=0.6, seed=5)
+    surgery = shrink(scored_model(model, points, multipliers))
+    present = present_units(surgery.model, surgery.slices, {p.layer: p.channels for p in points})
+    order = [p.layer for p in points]
+    edges = layer_edges(GraphIndex.build(model), order)
+    images = inputs_for(model, count=5)
+    links = link_weights(surgery.model, images, present, edges)
+    assert any(weights.any() for weights in links.values())
+    expected = links_by_whole_runs(surgery.model, images, present, list(links))
+    for pair, weights in links.items():
+        np.testing.assert_allclose(weights, expected[pair], rtol=1e-4, atol=1e-6)

@@ -1,8 +1,9 @@
 """Inference paths: the strongest chains of kept filters across consecutive retained layers.
 
 The weight of a link a → b, from filter a of one layer to filter b of a layer it feeds, is
-how much b's mean response on the region changes when a alone is switched off: the chain
-runs once per kept filter, in onnxruntime, with that filter's multiplier at zero. A path's
+how much b's mean response on the region changes when a alone is switched off (its
+multiplier at zero). The chain runs once in onnxruntime; then, per kept filter, only the
+part of it between a's layer and the layers it feeds runs again. A path's
 strength is the product of its links' shares (each link's weight divided by the total
 weight that b receives), so a path is strong when each filter on it is a main input of the
 next. The strongest paths are found by a beam search through the layer graph.
@@ -14,10 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
+from chainx.onnx.graph import fixed_batch, live_nodes
 from chainx.onnx.normalise import float32_channels_first
-from chainx.onnx.runtime import session, with_outputs
+from chainx.onnx.runtime import run_tensors, session
 from chainx.onnx.score_points import SCORE_PREFIX
 
 BEAM = 64
@@ -34,28 +36,50 @@ class Path:
         return " → ".join(f"{names.get(layer, layer)} {index}" for layer, index in self.filters)
 
 
-def _probe(chain: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str], dict[str, np.ndarray]]:
-    """The chain with its score constants as inputs and each scored tensor as an output."""
-    scores = {
-        node.name[len(SCORE_PREFIX) :]: (node.input[1], node.output[0])
-        for node in chain.graph.node
-        if node.name.startswith(SCORE_PREFIX)
-    }
+def _scored_tensors(chain: onnx.ModelProto) -> dict[str, str]:
+    """Scored layer → the tensor its score Mul writes, where the multiplier is a constant."""
     constants = {init.name for init in chain.graph.initializer}
-    outputs = {
-        layer: scored for layer, (multiplier, scored) in scores.items() if multiplier in constants
+    return {
+        node.name[len(SCORE_PREFIX) :]: node.output[0]
+        for node in chain.graph.node
+        if node.name.startswith(SCORE_PREFIX) and node.input[1] in constants
     }
-    probe = with_outputs(chain, outputs.values())
-    initializers = {init.name: init for init in probe.graph.initializer}
-    values: dict[str, np.ndarray] = {}
-    for layer in outputs:
-        multiplier = scores[layer][0]
-        values[layer] = numpy_helper.to_array(initializers[multiplier]).copy()
-        probe.graph.initializer.remove(initializers[multiplier])
-        probe.graph.input.append(
-            helper.make_tensor_value_info(multiplier, onnx.TensorProto.FLOAT, values[layer].shape)
-        )
-    return probe, outputs, values
+
+
+@dataclass
+class _Between:
+    """The part of the chain between a source layer's scored tensor and its targets': the
+    nodes that read the source, directly or not, and that a target depends on. Everything
+    else they read is unchanged by switching a source filter off, so it is fed as computed."""
+
+    model: onnx.ModelProto
+    source: str
+    inputs: list[str]  # the other tensors it reads, computed by the whole chain
+    outputs: list[str]
+
+
+def _between(chain: onnx.ModelProto, source: str, targets: list[str]) -> _Between:
+    downstream, nodes = {source}, []
+    for node in chain.graph.node:
+        if any(name in downstream for name in node.input):
+            downstream.update(name for name in node.output if name)
+            nodes.append(node)
+    targets = [name for name in targets if name in downstream]  # others: no link
+    nodes = live_nodes(nodes, targets)
+    produced = {name for node in nodes for name in node.output}
+    constants = {init.name: init for init in chain.graph.initializer}
+    read = list(dict.fromkeys(name for node in nodes for name in node.input if name))
+    inputs = [name for name in read if name not in produced and name not in constants]
+    external = [name for name in inputs if name != source]
+    graph = helper.make_graph(
+        nodes,
+        "between",
+        [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in inputs],
+        [helper.make_empty_tensor_value_info(name) for name in targets],
+        [constants[name] for name in read if name in constants],
+    )
+    model = helper.make_model(graph, opset_imports=chain.opset_import, ir_version=chain.ir_version)
+    return _Between(model, source, external, targets)
 
 
 def link_weights(
@@ -67,53 +91,54 @@ def link_weights(
     """(layer a, layer b) → (kept in a, kept in b): |change of b's mean response| with a off.
 
     `kept` maps each layer to the original indices of its kept filters, in chain order.
+    Switching filter a off zeroes its channel of a's scored tensor, as a zero multiplier
+    would; only the nodes between a and its targets run again, from the chain's own values.
     """
-    # A float16 or channels-last chain is measured on its float32, NCHW twin, whose scores
-    # can be fed as float32.
-    probe, outputs, values = _probe(float32_channels_first(chain))
-    # Only layers whose score vector lines up with their kept filters take part.
-    values = {k: v for k, v in values.items() if k in kept and v.size == len(kept[k])}
-    sess = session(probe)
-    image_input = sess.get_inputs()[0].name
-    fixed = sess.get_inputs()[0].shape[0]
-    step = fixed if isinstance(fixed, int) else len(images)  # a fixed batch runs in pieces
-    multiplier_inputs = {
-        layer: next(n.input[1] for n in chain.graph.node if n.name == SCORE_PREFIX + layer)
-        for layer in values
+    # A float16 or channels-last chain is measured on its float32, NCHW twin.
+    chain = float32_channels_first(chain)
+    scored = _scored_tensors(chain)
+    sizes = {init.name: int(np.prod(init.dims)) for init in chain.graph.initializer}
+    multiplier = {
+        n.name[len(SCORE_PREFIX) :]: n.input[1]
+        for n in chain.graph.node
+        if n.name.startswith(SCORE_PREFIX)
     }
-    names = [o.name for o in sess.get_outputs()]
+    # Only layers whose score vector lines up with their kept filters take part.
+    layers = {k for k in scored if k in kept and sizes[multiplier[k]] == len(kept[k])}
+    pairs = [(a, b) for a, b in edges if a in layers and b in layers]
+    sources = sorted({a for a, _ in pairs})
+    targets = {a: [b for s, b in pairs if s == a] for a in sources}
+    between = {a: _between(chain, scored[a], [scored[b] for b in targets[a]]) for a in sources}
+    between = {a: part for a, part in between.items() if part.outputs}
+    sessions = {a: session(part.model, cpu=True) for a, part in between.items()}
+    layer_of = {name: layer for layer, name in scored.items()}
+    image = chain.graph.input[0].name
+    inner = [name for part in between.values() for name in part.inputs if name != image]
+    wanted = [scored[k] for k in layers] + inner
+    totals = {(a, b): np.zeros((len(kept[a]), len(kept[b]))) for a, b in pairs}
+    # A chain that fixes its batch runs in pieces of it; each piece is its own whole run.
+    step = fixed_batch(chain) or 32
+    for start in range(0, len(images), step):
+        piece = images[start : start + step]
+        values = run_tensors(chain, piece, wanted, batch_size=len(piece), cpu=True)
+        values[image] = piece
+        for a, part in between.items():
+            fed = {name: values[name] for name in part.inputs}
+            reference = {name: _mean_response(values[name]) for name in part.outputs}
+            for position in range(len(kept[a])):
+                off = values[part.source].copy()
+                off[:, position] = 0.0
+                changed = sessions[a].run(part.outputs, {**fed, part.source: off})
+                for name, value in zip(part.outputs, changed, strict=True):
+                    change = np.abs(_mean_response(value) - reference[name]).sum(axis=0)
+                    totals[(a, layer_of[name])][position] += change
+    return {pair: total / len(images) for pair, total in totals.items()}
 
-    def responses(overrides: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feed = {image_input: images}
-        for layer, value in values.items():
-            feed[multiplier_inputs[layer]] = overrides.get(layer, value)
-        runs = [
-            sess.run(names, {**feed, image_input: images[i : i + step]})
-            for i in range(0, len(images), step)
-        ]
-        results = {name: np.concatenate([r[k] for r in runs]) for k, name in enumerate(names)}
-        mean = {}
-        for layer, name in outputs.items():
-            value = results[name]
-            axes = tuple(range(2, value.ndim))
-            mean[layer] = value.mean(axis=axes) if axes else value  # (N, kept)
-        return mean
 
-    base = responses({})
-    links: dict[tuple[str, str], np.ndarray] = {}
-    pairs = [(a, b) for a, b in edges if a in values and b in values]
-    for source in sorted({a for a, _ in pairs}):
-        targets = [b for a, b in pairs if a == source]
-        weights = {b: np.zeros((len(kept[source]), len(kept[b]))) for b in targets}
-        for position in range(len(kept[source])):
-            off = values[source].copy()
-            off.reshape(-1)[position] = 0.0
-            changed = responses({source: off})
-            for b in targets:
-                weights[b][position] = np.abs(changed[b] - base[b]).mean(axis=0)
-        for b in targets:
-            links[(source, b)] = weights[b]
-    return links
+def _mean_response(value: np.ndarray) -> np.ndarray:
+    """(N, C, …) → (N, C): each channel's mean over its positions."""
+    axes = tuple(range(2, value.ndim))
+    return value.mean(axis=axes) if axes else value
 
 
 def strongest_paths(

@@ -12,6 +12,7 @@ from chainx.channels.surgery import present_units, shrink
 from chainx.onnx.graph import GraphIndex
 from chainx.onnx.runtime import run_tensors
 from chainx.onnx.score_points import SCORE_PREFIX, find_score_points, scored_model
+from chainx.render import paths
 from chainx.render.layers import layer_edges
 from chainx.render.paths import link_weights, strongest_paths
 
@@ -99,3 +100,21 @@ def test_links_from_the_part_between_layers_equal_whole_chain_runs(name: str) ->
     expected = links_by_whole_runs(surgery.model, images, present, list(links))
     for pair, weights in links.items():
         np.testing.assert_allclose(weights, expected[pair], rtol=1e-4, atol=1e-6)
+
+
+def test_a_wide_layer_links_from_its_strongest_filters_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = tiny_model("plain")
+    points = find_score_points(model)
+    conv1, conv2 = (p.layer for p in points)
+    multipliers = {p.layer: np.linspace(0.5, 1.5, p.channels, dtype=np.float32) for p in points}
+    surgery = shrink(scored_model(model, points, multipliers))
+    present = present_units(surgery.model, surgery.slices, {p.layer: p.channels for p in points})
+    edges = layer_edges(GraphIndex.build(model), [conv1, conv2])
+    monkeypatch.setattr(paths, "MAX_SOURCES", 3)
+    weights = link_weights(surgery.model, inputs_for(model, count=4), present, edges)[
+        (conv1, conv2)
+    ]
+    linked = np.flatnonzero(weights.any(axis=1))
+    np.testing.assert_array_equal(linked, [5, 6, 7])  # the three largest multipliers

@@ -41,11 +41,26 @@ def extract_command(
         ),
     ] = 4,
     frontier: FrontierOption = None,
+    threads: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Threads for torch's work; 0: the cores this process may use that other "
+            "jobs do not keep busy (docs/performance.md).",
+        ),
+    ] = 0,
     options: dict[str, object] | None = None,
 ) -> None:
     """Extract the inference chain of MODEL on the region IMAGES."""
+    from chainx.cores import thread_count
+
+    threads, why = thread_count(threads)  # before torch loads: it may set OMP_WAIT_POLICY
     from chainx.extraction import extract
     from chainx.pipeline import Listener
+    from chainx.scoring.device import set_threads
+
+    set_threads(threads)
+    console.print(f"threads: {threads} ({why})")
 
     try:
         settings = extract_settings(

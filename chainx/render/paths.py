@@ -3,7 +3,8 @@
 The weight of a link a → b, from filter a of one layer to filter b of a layer it feeds, is
 how much b's mean response on the region changes when a alone is switched off (its
 multiplier at zero). The chain runs once in onnxruntime; then, per kept filter, only the
-part of it between a's layer and the layers it feeds runs again. A path's
+part of it between a's layer and the layers it feeds runs again; of a layer that keeps more
+than MAX_SOURCES filters, only its strongest are switched off. A path's
 strength is the product of its links' shares (each link's weight divided by the total
 weight that b receives), so a path is strong when each filter on it is a main input of the
 next. The strongest paths are found by a beam search through the layer graph.
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from chainx.onnx.graph import fixed_batch, live_nodes
 from chainx.onnx.normalise import float32_channels_first
@@ -23,6 +24,10 @@ from chainx.onnx.runtime import run_tensors, session
 from chainx.onnx.score_points import SCORE_PREFIX
 
 BEAM = 64
+# Links run the part between two layers once per source filter: a layer with more kept
+# filters has links from its strongest (largest multipliers) only, so the cost stays
+# bounded when a chain keeps thousands.
+MAX_SOURCES = 64
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,11 @@ def link_weights(
     inner = [name for part in between.values() for name in part.inputs if name != image]
     wanted = [scored[k] for k in layers] + inner
     totals = {(a, b): np.zeros((len(kept[a]), len(kept[b]))) for a, b in pairs}
+    initializers = {init.name: init for init in chain.graph.initializer}
+    sources_of = {
+        a: _strongest(numpy_helper.to_array(initializers[multiplier[a]]).reshape(-1))
+        for a in between
+    }
     # A chain that fixes its batch runs in pieces of it; each piece is its own whole run.
     step = fixed_batch(chain) or 32
     for start in range(0, len(images), step):
@@ -125,7 +135,7 @@ def link_weights(
         for a, part in between.items():
             fed = {name: values[name] for name in part.inputs}
             reference = {name: _mean_response(values[name]) for name in part.outputs}
-            for position in range(len(kept[a])):
+            for position in sources_of[a]:
                 off = values[part.source].copy()
                 off[:, position] = 0.0
                 changed = sessions[a].run(part.outputs, {**fed, part.source: off})
@@ -133,6 +143,13 @@ def link_weights(
                     change = np.abs(_mean_response(value) - reference[name]).sum(axis=0)
                     totals[(a, layer_of[name])][position] += change
     return {pair: total / len(images) for pair, total in totals.items()}
+
+
+def _strongest(multipliers: np.ndarray) -> np.ndarray:
+    """Positions of the at most MAX_SOURCES largest multipliers, in chain order."""
+    if len(multipliers) <= MAX_SOURCES:
+        return np.arange(len(multipliers))
+    return np.sort(np.argsort(-np.abs(multipliers), kind="stable")[:MAX_SOURCES])
 
 
 def _mean_response(value: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ from chainx.onnx.normalise import float32_channels_first
 from chainx.onnx.runtime import with_outputs
 from chainx.onnx.score_points import SCORE_PREFIX
 from chainx.render.featuremaps import displayable, file_stem, png_bytes
+from chainx.scoring.memory import keep_freed_memory
 
 # Colour correlation of natural images (square root of the RGB covariance), as in Lucid.
 COLOUR = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
@@ -42,6 +43,8 @@ class Target:
 def _probe(chain: onnx.ModelProto, layers: list[str]) -> tuple[torch.nn.Module, list[str]]:
     """The chain converted to torch, with each scored layer's output as an extra output."""
     import onnx2torch
+
+    keep_freed_memory()
 
     scored = {
         n.name[len(SCORE_PREFIX) :]: n.output[0]

@@ -17,6 +17,7 @@ from torch import nn
 from chainx.errors import ChainxError
 from chainx.onnx.graph import fixed_batch
 from chainx.onnx.score_points import ScorePoint, scored_model
+from chainx.scoring.memory import keep_freed_memory
 
 
 def log_probabilities(output: torch.Tensor, kind: str) -> torch.Tensor:
@@ -51,6 +52,7 @@ class ScoringModel(nn.Module):
         self, model: onnx.ModelProto, points: list[ScorePoint], gate_init: float = 3.0
     ) -> None:
         super().__init__()
+        keep_freed_memory()  # before the first large tensor
         self.points = points
         self.net = convert(scored_model(model, points))
         for buffer in self.net.buffers():

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from chainx.cores import usable_cores
 from chainx.errors import ChainxError
 from chainx.sweep.plan import TrialSpec
 from chainx.sweep.trial import run_trial
@@ -34,14 +35,6 @@ def gpu_count() -> int:
     from chainx.scoring.device import gpu_count as torch_gpu_count  # torch loads here
 
     return torch_gpu_count()
-
-
-def usable_cores() -> int:
-    """The cores this process may run on: fewer than the machine's under taskset or a
-    container's CPU set, where a thread per machine core would oversubscribe them."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 def default_workers() -> int:

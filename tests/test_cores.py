@@ -1,0 +1,68 @@
+"""The thread policy on a shared machine, and the allocator setting for scoring steps."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import pytest
+
+from chainx.cores import busy_cores, thread_count, usable_cores
+from chainx.scoring.memory import keep_freed_memory
+
+
+def steady_busy_cores() -> float:
+    """The median of three looks, against other jobs' bursts."""
+    return statistics.median(busy_cores() for _ in range(3))
+
+
+def test_asked_threads_are_taken_as_given() -> None:
+    assert thread_count(3) == (3, "--threads")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="no /proc/stat")
+def test_a_spinning_job_counts_as_busy_and_a_niced_one_does_not() -> None:
+    """Against what the machine does without it (a niced job's kernel time counts as
+    busy in /proc/stat, but a spinning loop has none)."""
+    spin = [sys.executable, "-c", "while True: pass"]
+    for niceness, busy in ((0, True), (19, False)):
+        before = steady_busy_cores()
+        if before >= 0.5:
+            pytest.skip(f"{before:.1f} cores already busy: the measure needs a quiet machine")
+        job = subprocess.Popen(["nice", "-n", str(niceness), *spin])
+        try:
+            time.sleep(0.5)
+            seen = steady_busy_cores()
+        finally:
+            job.kill()
+            job.wait()
+        assert (seen - before >= 0.5) is busy, (niceness, before, seen)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="no /proc/stat")
+def test_threads_leave_the_busy_cores_to_their_jobs() -> None:
+    if usable_cores() < 2:
+        pytest.skip("one core: nothing to leave")
+    job = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        env = dict(os.environ)
+        env.pop("OMP_WAIT_POLICY", None)
+        code = "from chainx.cores import thread_count; import os; t, why = thread_count();"
+        code += "print(t, os.environ.get('OMP_WAIT_POLICY'), why)"
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    finally:
+        job.kill()
+        job.wait()
+    threads, policy, why = out.stdout.split(" ", 2)
+    assert int(threads) < usable_cores(), out.stdout
+    assert policy == "PASSIVE"
+    assert "busy" in why
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_freed_memory_is_kept_on_glibc() -> None:
+    assert keep_freed_memory()

@@ -1,0 +1,36 @@
+"""The scoring device end to end: a chain optimised on it, exported and verified exact.
+
+Runs on the CPU everywhere; `CHAINX_TEST_DEVICE=cuda` (tools/gpu_check.sh on a GPU
+machine) runs it on the GPU, and it skips where torch sees none.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from conftest import SAMPLE_MODEL, SAMPLE_REGION
+
+import chainx
+
+DEVICE = os.environ.get("CHAINX_TEST_DEVICE", "cpu")
+
+
+@pytest.mark.skipif(
+    DEVICE == "cuda" and not torch.cuda.is_available(), reason="torch sees no CUDA device"
+)
+def test_a_chain_scored_on_the_device_is_exact_in_onnxruntime() -> None:
+    result = chainx.extract(
+        SAMPLE_MODEL,
+        SAMPLE_REGION,
+        resize=28,
+        steps=40,
+        finetune_steps=10,
+        filter_images=0,
+        device=DEVICE,
+    )
+    assert result.record["settings"]["device"] == DEVICE
+    assert result.verification.passed
+    assert result.metrics["exact_copies"]["mismatched"] == []
+    assert result.metrics["deploy"]["passed"]

@@ -125,8 +125,9 @@ def extract(
     timings["deploy_s"] = deploy.seconds
     if not deploy.check.passed:
         listener.message(
-            f"chain.deploy.onnx differs from chain.onnx by {deploy.check.max_abs_diff:.3g} "
-            f"(tolerance {deploy.check.tolerance:.3g}); deploy chain.onnx instead"
+            f"chain.deploy.onnx not written: it differs from chain.onnx by "
+            f"{deploy.check.max_abs_diff:.3g} (tolerance {deploy.check.tolerance:.3g}); "
+            "deploy chain.onnx"
         )
     cost = {
         "original": asdict(model_cost(model, region.array[:1])),
@@ -198,11 +199,9 @@ def extract(
             {key: entry[key] for key in FRONTIER_SUMMARY} for entry in frontier.entries
         ]
     outputs = chain.verification.outputs
-    files = {
-        **drawn.files,
-        **(frontier.files if frontier else {}),
-        "chain.deploy.onnx": deploy.model.SerializeToString(),
-    }
+    files = {**drawn.files, **(frontier.files if frontier else {})}
+    if deploy.check.passed:
+        files["chain.deploy.onnx"] = deploy.model.SerializeToString()
     report = report_html(
         {**record, "files": {}},
         files,

@@ -114,9 +114,10 @@ def test_extract_writes_a_deploy_file_that_verify_checks(extracted: Path, tmp_pa
     init = next(i for i in deploy.graph.initializer if i.name == conv.input[1])
     init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.5, init.name))
     onnx.save(deploy, str(copy / "chain.deploy.onnx"))
-    result = invoke("verify", copy)
-    assert result.exit_code == 1, result.output
-    assert "DIFFERS from chain.onnx" in " ".join(result.output.split())
+    for args in ([copy], [copy / "chain.onnx", SAMPLE_MODEL, SAMPLE_REGION]):
+        result = invoke("verify", *args)
+        assert result.exit_code == 1, result.output
+        assert "DIFFERS from chain.onnx" in " ".join(result.output.split())
 
 
 def test_verify_a_chain_alone_asks_for_the_model(extracted: Path) -> None:

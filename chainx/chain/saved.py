@@ -57,7 +57,9 @@ class ChainSources:
                 f"{target}: with a chain.onnx, also give the source model and the region images: "
                 "chainx verify chain.onnx MODEL.onnx IMAGES/"
             )
-        return cls(chain=target, model=model, images=images, holdout=holdout)
+        sibling = target.with_name("chain.deploy.onnx")
+        deploy = sibling if target.name == "chain.onnx" and sibling.is_file() else None
+        return cls(chain=target, model=model, images=images, holdout=holdout, deploy=deploy)
 
 
 def verify_saved_chain(sources: ChainSources) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from onnx import numpy_helper
 from chainx.channels.surgery import present_units, shrink
 from chainx.onnx.graph import GraphIndex
 from chainx.onnx.runtime import run_tensors
-from chainx.onnx.score_points import SCORE_PREFIX, find_score_points, scored_model
+from chainx.onnx.score_points import find_score_points, score_muls, scored_model
 from chainx.render import paths
 from chainx.render.layers import layer_edges
 from chainx.render.paths import link_weights, strongest_paths
@@ -60,9 +60,8 @@ def links_by_whole_runs(
 ) -> dict[tuple[str, str], np.ndarray]:
     """The definition, run literally: the whole chain once per kept filter, its multiplier
     set to zero, and b's mean response compared."""
-    muls = {
-        n.name[len(SCORE_PREFIX) :]: n for n in chain.graph.node if n.name.startswith(SCORE_PREFIX)
-    }
+    muls = score_muls(chain)
+
     names = [muls[layer].output[0] for layer in kept]
     base = run_tensors(chain, images, names)
     links = {}

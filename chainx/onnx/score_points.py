@@ -152,6 +152,15 @@ def scored_model(
     return onnx.shape_inference.infer_shapes(result, strict_mode=True)
 
 
+def score_muls(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """Scored layer (node name) → its score Mul, in a scored model or a chain."""
+    return {
+        node.name[len(SCORE_PREFIX) :]: node
+        for node in model.graph.node
+        if node.name.startswith(SCORE_PREFIX)
+    }
+
+
 def output_kind(model: onnx.ModelProto) -> str:
     """What the model's output holds, judged by the op that produces it."""
     producer = {name: node for node in model.graph.node for name in node.output}

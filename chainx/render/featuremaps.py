@@ -17,7 +17,7 @@ from PIL import Image
 
 from chainx.images import Preprocessing
 from chainx.onnx.runtime import run_tensors
-from chainx.onnx.score_points import SCORE_PREFIX
+from chainx.onnx.score_points import score_muls
 from chainx.render.html import viridis
 
 THUMBNAIL = 112
@@ -25,11 +25,7 @@ THUMBNAIL = 112
 
 def layer_activations(chain: onnx.ModelProto, images: np.ndarray) -> dict[str, np.ndarray]:
     """Layer node name → its scored output (N, kept, H, W) on `images`, run in the chain."""
-    scored = {
-        node.name[len(SCORE_PREFIX) :]: node.output[0]
-        for node in chain.graph.node
-        if node.name.startswith(SCORE_PREFIX)
-    }
+    scored = {layer: mul.output[0] for layer, mul in score_muls(chain).items()}
     shapes = {
         info.name: len(info.type.tensor_type.shape.dim)
         for info in onnx.shape_inference.infer_shapes(chain).graph.value_info

@@ -21,7 +21,7 @@ from onnx import helper, numpy_helper
 from chainx.onnx.graph import fixed_batch, live_nodes
 from chainx.onnx.normalise import float32_channels_first
 from chainx.onnx.runtime import run_tensors, session
-from chainx.onnx.score_points import SCORE_PREFIX
+from chainx.onnx.score_points import score_muls
 
 BEAM = 64
 # Links run the part between two layers once per source filter: a layer with more kept
@@ -39,16 +39,6 @@ class Path:
 
     def describe(self, names: dict[str, str]) -> str:
         return " → ".join(f"{names.get(layer, layer)} {index}" for layer, index in self.filters)
-
-
-def _scored_tensors(chain: onnx.ModelProto) -> dict[str, str]:
-    """Scored layer → the tensor its score Mul writes, where the multiplier is a constant."""
-    constants = {init.name for init in chain.graph.initializer}
-    return {
-        node.name[len(SCORE_PREFIX) :]: node.output[0]
-        for node in chain.graph.node
-        if node.name.startswith(SCORE_PREFIX) and node.input[1] in constants
-    }
 
 
 @dataclass
@@ -101,15 +91,15 @@ def link_weights(
     """
     # A float16 or channels-last chain is measured on its float32, NCHW twin.
     chain = float32_channels_first(chain)
-    scored = _scored_tensors(chain)
-    sizes = {init.name: int(np.prod(init.dims)) for init in chain.graph.initializer}
-    multiplier = {
-        n.name[len(SCORE_PREFIX) :]: n.input[1]
-        for n in chain.graph.node
-        if n.name.startswith(SCORE_PREFIX)
+    initializers = {init.name: init for init in chain.graph.initializer}
+    muls = {layer: mul for layer, mul in score_muls(chain).items() if mul.input[1] in initializers}
+    scored = {layer: mul.output[0] for layer, mul in muls.items()}
+    values = {
+        layer: numpy_helper.to_array(initializers[mul.input[1]]).reshape(-1)
+        for layer, mul in muls.items()
     }
     # Only layers whose score vector lines up with their kept filters take part.
-    layers = {k for k in scored if k in kept and sizes[multiplier[k]] == len(kept[k])}
+    layers = {k for k in scored if k in kept and values[k].size == len(kept[k])}
     pairs = [(a, b) for a, b in edges if a in layers and b in layers]
     sources = sorted({a for a, _ in pairs})
     targets = {a: [b for s, b in pairs if s == a] for a in sources}
@@ -121,11 +111,7 @@ def link_weights(
     inner = [name for part in between.values() for name in part.inputs if name != image]
     wanted = [scored[k] for k in layers] + inner
     totals = {(a, b): np.zeros((len(kept[a]), len(kept[b]))) for a, b in pairs}
-    initializers = {init.name: init for init in chain.graph.initializer}
-    sources_of = {
-        a: _strongest(numpy_helper.to_array(initializers[multiplier[a]]).reshape(-1))
-        for a in between
-    }
+    sources_of = {a: _strongest(values[a]) for a in between}
     # A chain that fixes its batch runs in pieces of it; each piece is its own whole run.
     step = fixed_batch(chain) or 32
     for start in range(0, len(images), step):

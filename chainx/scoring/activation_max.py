@@ -23,7 +23,7 @@ from chainx.images import Preprocessing
 from chainx.onnx.graph import fixed_batch
 from chainx.onnx.normalise import float32_channels_first
 from chainx.onnx.runtime import with_outputs
-from chainx.onnx.score_points import SCORE_PREFIX
+from chainx.onnx.score_points import score_muls
 from chainx.render.featuremaps import displayable, file_stem, png_bytes
 from chainx.scoring.memory import keep_freed_memory
 
@@ -46,12 +46,8 @@ def _probe(chain: onnx.ModelProto, layers: list[str]) -> tuple[torch.nn.Module, 
 
     keep_freed_memory()
 
-    scored = {
-        n.name[len(SCORE_PREFIX) :]: n.output[0]
-        for n in chain.graph.node
-        if n.name.startswith(SCORE_PREFIX)
-    }
-    names = [scored[layer] for layer in layers]
+    muls = score_muls(chain)
+    names = [muls[layer].output[0] for layer in layers]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # A float16 or channels-last chain is drawn from its float32, NCHW twin.

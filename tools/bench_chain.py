@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from chainx.chain.verify import median_latency_ms
 from chainx.onnx.macs import count_macs
 from chainx.onnx.runtime import as_input
 
@@ -36,19 +35,6 @@ def session(path: Path, threads: int, profile_dir: str | None = None) -> ort.Inf
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(profile_dir, "profile")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def median_ms(sess: ort.InferenceSession, images: np.ndarray, repeats: int) -> float:
-    model_input = sess.get_inputs()[0]
-    feed = {model_input.name: as_input(model_input, images)}
-    for _ in range(3):
-        sess.run(None, feed)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times)
 
 
 def op_breakdown(path: Path, images: np.ndarray, threads: int, runs: int = 20) -> dict[str, float]:
@@ -97,7 +83,7 @@ def main() -> None:
         images = rng.standard_normal((batch, *image.shape[1:])).astype(np.float32)
         for threads in args.threads:
             times = {
-                name: median_ms(session(path, threads), images, args.repeats)
+                name: median_latency_ms(session(path, threads), images, args.repeats)
                 for name, path in models.items()
             }
             ratios = ", ".join(

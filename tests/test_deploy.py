@@ -13,7 +13,7 @@ from chainx.chain.deploy import check_deploy, deploy_model, fold_scores, padding
 from chainx.chain.export import export_chain
 from chainx.channels.surgery import present_units, shrink
 from chainx.onnx.runtime import run, session
-from chainx.onnx.score_points import SCORE_PREFIX, ScorePoint, find_score_points, scored_model
+from chainx.onnx.score_points import ScorePoint, find_score_points, score_muls, scored_model
 
 
 def conv_rows(model: onnx.ModelProto) -> dict[str, int]:
@@ -22,8 +22,8 @@ def conv_rows(model: onnx.ModelProto) -> dict[str, int]:
     return {n.name: inits[n.input[1]].dims[0] for n in model.graph.node if n.op_type == "Conv"}
 
 
-def score_muls(model: onnx.ModelProto) -> int:
-    return sum(n.name.startswith(SCORE_PREFIX) for n in model.graph.node)
+def score_mul_count(model: onnx.ModelProto) -> int:
+    return len(score_muls(model))
 
 
 def chain_of(model: onnx.ModelProto, multipliers: dict[str, np.ndarray]) -> onnx.ModelProto:
@@ -31,28 +31,33 @@ def chain_of(model: onnx.ModelProto, multipliers: dict[str, np.ndarray]) -> onnx
     return export_chain(model, points, multipliers, {"sha256": "", "settings": {}}).model
 
 
-@pytest.mark.parametrize("name", ["plain", "identity", "depthwise", "squeeze-excite", "grouped"])
-def test_the_deploy_form_computes_what_the_chain_computes(name: str) -> None:
+def chain_and_deploy(
+    name: str, keep: float, seed: int, block: int
+) -> tuple[onnx.ModelProto, list[ScorePoint], onnx.ModelProto, onnx.ModelProto]:
+    """A tiny model with random multipliers: the model, its points, its chain and the
+    deploy form at `block`."""
     model = tiny_model(name)
     points = find_score_points(model)
-    multipliers = random_multipliers(points, keep=0.3, seed=3)
-    chain = chain_of(model, multipliers)
-    deploy = deploy_model(model, points, multipliers, block=4)
+    multipliers = random_multipliers(points, keep=keep, seed=seed)
+    deploy = deploy_model(model, points, multipliers, block=block)
+    return model, points, chain_of(model, multipliers), deploy
+
+
+@pytest.mark.parametrize("name", ["plain", "identity", "depthwise", "squeeze-excite", "grouped"])
+def test_the_deploy_form_computes_what_the_chain_computes(name: str) -> None:
+    model, _, chain, deploy = chain_and_deploy(name, keep=0.3, seed=3, block=4)
     onnx.checker.check_model(deploy, full_check=True)
     check = check_deploy(deploy, chain, inputs_for(model, count=6))
     assert check.passed, check
     # Every score after its own Conv is folded (a grouped Conv's may follow a Gather).
-    assert score_muls(deploy) < score_muls(chain)
+    assert score_mul_count(deploy) < score_mul_count(chain)
     if name != "grouped":
-        assert score_muls(deploy) == 0
+        assert score_mul_count(deploy) == 0
 
 
 def test_scored_layers_are_padded_to_whole_blocks_with_zero_filters() -> None:
-    model = tiny_model("depthwise")  # stem 8, expand 24, depthwise 24, project 8, head 16
-    points = find_score_points(model)
-    multipliers = random_multipliers(points, keep=0.3, seed=3)
-    deploy = deploy_model(model, points, multipliers, block=4)
-    chain = chain_of(model, multipliers)
+    # stem 8, expand 24, depthwise 24, project 8, head 16
+    _, points, chain, deploy = chain_and_deploy("depthwise", keep=0.3, seed=3, block=4)
     chain_rows, deploy_rows = conv_rows(chain), conv_rows(deploy)
     widths = {p.layer: p.channels for p in points}
     for layer, rows in deploy_rows.items():
@@ -74,11 +79,7 @@ def test_padding_prefers_channels_other_layers_of_the_width_compute() -> None:
 
 
 def test_block_one_only_folds_the_scores() -> None:
-    model = tiny_model("plain")
-    points = find_score_points(model)
-    multipliers = random_multipliers(points, keep=0.4, seed=1)
-    chain = chain_of(model, multipliers)
-    deploy = deploy_model(model, points, multipliers, block=1)
+    model, _, chain, deploy = chain_and_deploy("plain", keep=0.4, seed=1, block=1)
     assert conv_rows(deploy) == conv_rows(chain)
     assert check_deploy(deploy, chain, inputs_for(model)).passed
 
@@ -113,7 +114,7 @@ def test_a_score_folded_into_its_conv_scales_the_weights_and_bias() -> None:
     multipliers = random_multipliers(points, keep=1.0, seed=2)
     chain = shrink(scored_model(model, points, multipliers)).model
     folded = fold_scores(chain)
-    assert score_muls(folded) == 0
+    assert score_mul_count(folded) == 0
     first = next(n for n in folded.graph.node if n.op_type == "Conv")
     weight = numpy_helper.to_array(
         next(i for i in folded.graph.initializer if i.name == first.input[1])
@@ -134,11 +135,7 @@ def test_a_score_folded_into_its_conv_scales_the_weights_and_bias() -> None:
 
 
 def test_a_deploy_file_that_differs_fails_its_check() -> None:
-    model = tiny_model("plain")
-    points = find_score_points(model)
-    multipliers = random_multipliers(points, keep=0.5, seed=4)
-    chain = chain_of(model, multipliers)
-    deploy = deploy_model(model, points, multipliers, block=4)
+    model, _, chain, deploy = chain_and_deploy("plain", keep=0.5, seed=4, block=4)
     conv = next(n for n in deploy.graph.node if n.op_type == "Conv")
     init = next(i for i in deploy.graph.initializer if i.name == conv.input[1])
     value = numpy_helper.to_array(init) * 1.01

@@ -28,7 +28,7 @@ from rules_helpers import (
 from chainx.channels.emitter import Emitter, WeightSlice
 from chainx.channels.registry import FROZEN, RULES, rule_for
 from chainx.channels.rules import base
-from chainx.channels.rules.base import Rule
+from chainx.channels.rules.base import Cases, Rule
 from chainx.channels.rules.channelwise import (
     AveragePoolRule,
     BatchNormRule,
@@ -36,8 +36,16 @@ from chainx.channels.rules.channelwise import (
     NonZeroPreservingRule,
     ReduceRule,
     ResizeRule,
+    SoftmaxRule,
     SqueezeRule,
     ZeroPreservingRule,
+)
+from chainx.channels.rules.heads import (
+    HeadMatMulRule,
+    HeadMergeRule,
+    HeadSplitRule,
+    OffAxisRule,
+    TransposeRule,
 )
 from chainx.channels.rules.mixing import BinaryRule, ConvRule, GemmRule
 from chainx.channels.rules.reindex import (
@@ -48,7 +56,7 @@ from chainx.channels.rules.reindex import (
     SliceRule,
     SplitRule,
 )
-from chainx.channels.rules.reshape import FlattenRule, ReshapeRule
+from chainx.channels.rules.reshape import FlattenRule, UnitReshapeRule
 from chainx.onnx.graph import GraphIndex
 
 
@@ -72,31 +80,39 @@ EXPECTED_RULES = {
     ),
     "AveragePool": AveragePoolRule,
     **dict.fromkeys("ReduceMean ReduceMax ReduceMin ReduceSum".split(), ReduceRule),
-    "Squeeze": SqueezeRule,
+    "Squeeze": (SqueezeRule, OffAxisRule),
+    "Unsqueeze": OffAxisRule,
+    "Transpose": TransposeRule,
+    "Softmax": SoftmaxRule,
     "Resize": ResizeRule,
     "Upsample": ResizeRule,
     "Clip": ClipRule,
     "BatchNormalization": BatchNormRule,
     "Pad": PadRule,
-    "Slice": SliceRule,
+    "Slice": (SliceRule, OffAxisRule),
     "Gather": GatherRule,
-    "Split": SplitRule,
+    "Split": (SplitRule, OffAxisRule),
     **dict.fromkeys("Add Sub Mul Div".split(), BinaryRule),
     "Concat": ConcatRule,
     "Conv": ConvRule,
     "Gemm": GemmRule,
-    "MatMul": GemmRule,
+    "MatMul": (GemmRule, HeadMatMulRule),
     "Flatten": FlattenRule,
-    "Reshape": ReshapeRule,
+    "Reshape": (UnitReshapeRule, FlattenRule, HeadSplitRule, HeadMergeRule),
     "Shape": ShapeRule,
 }
 
 
 def test_registry_has_one_rule_of_the_right_kind_per_op() -> None:
     assert set(RULES) == set(EXPECTED_RULES)
-    for op, cls in EXPECTED_RULES.items():
-        assert type(RULES[op]) is cls, op
-        assert RULES[op].frozen is False
+    for op, expected in EXPECTED_RULES.items():
+        if isinstance(expected, tuple):  # several cases, the first that applies answers
+            assert isinstance(RULES[op], Cases), op
+            assert tuple(type(case) for case in RULES[op].cases) == expected, op
+            assert not any(case.frozen for case in RULES[op].cases)
+        else:
+            assert type(RULES[op]) is expected, op
+            assert RULES[op].frozen is False
     assert FROZEN.frozen is True and type(FROZEN) is Rule
     assert base.FROZEN is FROZEN  # the registry's default is the base rule itself
 
@@ -355,16 +371,14 @@ def test_constant_inputs_are_missing_non_zero_constants_that_are_read() -> None:
 def test_channel_constant_slices_per_channel_values_only() -> None:
     model = masked("r = Relu (k)")
     em = emitter_through(model, "k")
-    name = em.channel_constant("shift", em.g.constants["shift"], np.array([3, 0]), 5, 4)
+    name = em.channel_constant("shift", em.g.constants["shift"], np.array([3, 0]), "k")
     np.testing.assert_array_equal(
         onnx.numpy_helper.to_array(em.initializers[name]).ravel(), [SHIFT, 0]
     )
     em.g.constants["scalar"] = np.array(2, np.float32)
-    assert em.channel_constant("scalar", em.g.constants["scalar"], np.array([1]), 5, 4) == (
-        "scalar"
-    )
+    assert em.channel_constant("scalar", em.g.constants["scalar"], np.array([1]), "k") == "scalar"
     with pytest.raises(ValueError, match="per-channel"):
-        em.channel_constant("spatial", np.ones((1, 5, 4, 4), np.float32), np.array([0]), 5, 4)
+        em.channel_constant("spatial", np.ones((1, 5, 4, 4), np.float32), np.array([0]), "k")
 
 
 def test_weight_slice_is_bit_identical_and_recorded() -> None:

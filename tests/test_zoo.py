@@ -13,10 +13,17 @@ from tools.zoo import EXPORTERS, KERAS, TF2ONNX, ZOO, check, tf_python
 
 EXACTNESS = 1e-4  # relative to max |logit|, as in `chainx verify`
 
+VITS = ("vit_small", "timm/vit_small", "timm/deit_small")
+
 # Ops these families still freeze, and why (docs/zoo.md): ConvNeXt normalises over the
 # channels of an NHWC tensor, which the channel-axis-1 analysis does not follow.
 KNOWN_FROZEN = {
     "convnext_tiny": {"Add", "LayerNormalization", "MatMul", "Reshape", "Transpose"},
+    # A transformer's residual stream: LayerNorm mixes every channel of it, so the patch
+    # embedding, the class token and every residual Add carry the full width.
+    **{
+        name: {"Add", "Concat", "Gather", "LayerNormalization", "Reshape", "Shape"} for name in VITS
+    },
     # Keras' classifiers end in a Softmax over the classes, which no filter feeds directly.
     **{name: {"Softmax"} for name in KERAS},
 }
@@ -44,5 +51,7 @@ def test_family_exports_exactly_and_smaller(
     assert result.error <= EXACTNESS
     assert result.params_after < result.params_before
     assert set(result.frozen) <= KNOWN_FROZEN.get(name, set())
-    if not set(result.frozen) - {"Softmax"}:  # a final Softmax holds no filter's channels
+    if not set(result.frozen) - {"Softmax"} or name in VITS:
+        # A final Softmax holds no filter's channels; a transformer's frozen ops are its
+        # residual stream, which holds no head or MLP neuron.
         assert result.removed_fraction >= 0.9

@@ -66,7 +66,13 @@ ZOO = {
     "timm/ghostnet_050": 64,
     "timm/repvgg_a0": 64,
     "timm/repvgg_a0_reparameterised": 64,
+    # Vision transformers at a small size (image 64, patch 8, 4 blocks, 4 heads), random
+    # weights: torchvision's nn.MultiheadAttention, timm's packed qkv (ViT and DeiT).
+    "vit_small": 64,
+    "timm/vit_small": 64,
+    "timm/deit_small": 64,
 }
+VIT = {"depth": 4, "heads": 4, "dim": 32, "mlp": 64}
 REPARAMETERISED = "_reparameterised"
 # Keras applications exported by tf2onnx (tools/export_keras.py, under a TensorFlow Python).
 KERAS = {
@@ -101,8 +107,39 @@ EXPORTERS = ("torchscript", "dynamo")
 KEEP = 0.1
 
 
+def build_vit(name: str) -> nn.Module:
+    if name == "vit_small":
+        model = torchvision.models.VisionTransformer(
+            image_size=64,
+            patch_size=8,
+            num_layers=VIT["depth"],
+            num_heads=VIT["heads"],
+            hidden_dim=VIT["dim"],
+            mlp_dim=VIT["mlp"],
+            num_classes=10,
+        )
+        nn.init.normal_(model.heads.head.weight)  # torchvision starts it at zero
+        return model.eval()
+    import timm
+
+    arch = {"timm/vit_small": "vit_tiny_patch16_224", "timm/deit_small": "deit_tiny_patch16_224"}
+    return timm.create_model(
+        arch[name],
+        pretrained=False,
+        img_size=64,
+        patch_size=8,
+        depth=VIT["depth"],
+        num_heads=VIT["heads"],
+        embed_dim=VIT["dim"],
+        mlp_ratio=VIT["mlp"] / VIT["dim"],
+        num_classes=10,
+    ).eval()
+
+
 def build(name: str) -> nn.Module:
     torch.manual_seed(0)
+    if name.endswith("vit_small") or name.endswith("deit_small"):
+        return build_vit(name)
     if name.startswith("timm/"):
         import timm
         import timm.utils
@@ -125,7 +162,10 @@ def export(name: str, exporter: str) -> onnx.ModelProto:
     module = build(name)
     size = ZOO[name]
     x = torch.randn(1, 3, size, size)
-    with warnings.catch_warnings(), torch.no_grad():
+    # Without gradients, nn.MultiheadAttention takes a fused kernel the TorchScript exporter
+    # cannot write; with them it runs the ops it is made of.
+    grad = name == "vit_small"
+    with warnings.catch_warnings(), torch.set_grad_enabled(grad):
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
             program = torch.onnx.export(
@@ -217,7 +257,9 @@ def check(name: str, exporter: str, seed: int = 0) -> ZooResult:
     result = shrink(scored)
     onnx.checker.check_model(result.model, full_check=True)
     size = {**ZOO, **KERAS}[name]
-    batch = 1 if exporter == "dynamo" else 2
+    # The dynamo exporter, and the TorchScript exporter through nn.MultiheadAttention's
+    # views, write the example's batch of 1 into the graph.
+    batch = 1 if exporter == "dynamo" or name == "vit_small" else 2
     x = np.random.default_rng(1).standard_normal((batch, 3, size, size)).astype(np.float32)
     # The reference is the masked torch scoring model, as in `chainx verify`.
     expected = ScoringModel(model, points).masked(x, multipliers)

@@ -10,7 +10,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from chainx.channels.states import ChannelStates
-from chainx.onnx.graph import GraphIndex, per_channel
+from chainx.onnx.graph import GraphIndex
 
 
 @dataclass
@@ -75,16 +75,21 @@ class Emitter:
         self.initializers[name] = numpy_helper.from_array(np.asarray(value), name)
         return name
 
-    def channel_constant(
-        self, name: str, value: np.ndarray, layout: np.ndarray, width: int, rank: int
-    ) -> str:
-        """A per-channel constant restricted to `layout`, in its original shape and dtype."""
-        if per_channel(value, width, rank) is None:
+    def channel_constant(self, name: str, value: np.ndarray, layout: np.ndarray, like: str) -> str:
+        """A per-channel constant (against the activation `like`) restricted to `layout`, in
+        its original shape and dtype."""
+        if self.g.channel_values(value, like) is None:
             raise ValueError(f"{name!r} is not a per-channel constant")
-        if value.size == 1:
+        position = self.g.axis[like] - (len(self.g.shapes[like]) - value.ndim)
+        if value.size == 1 or position < 0:
             return self.src(name)
-        axis = value.ndim - (rank - 1) if value.ndim >= rank - 1 else 0
-        return self.constant(name, np.take(value, layout, axis=axis))
+        return self.constant(name, np.take(value, layout, axis=position))
+
+    def channel_shape(self, tensor: str, channels: int) -> list[int]:
+        """(1, …, channels, …, 1): broadcasts per channel against `tensor`."""
+        shape = [1] * len(self.g.shapes[tensor])
+        shape[self.g.axis[tensor]] = channels
+        return shape
 
     def weight_slice(
         self, node: onnx.NodeProto, position: int, weight: np.ndarray, *axes: np.ndarray
@@ -136,7 +141,7 @@ class Emitter:
             name = self._gather(tensor, layout, target)
         fill = np.where(np.isin(target, layout), 0.0, np.nan_to_num(self.const[tensor][target]))
         if fill.any():
-            shape = [1, len(target)] + [1] * (len(self.g.shapes[tensor]) - 2)
+            shape = self.channel_shape(tensor, len(target))
             value = self.constant(f"{tensor}_chainx_fill", fill.astype(np.float32).reshape(shape))
             name = self.node("Add", [name, value], f"{tensor}_chainx_fill")
         self._remaps[key] = name
@@ -153,7 +158,7 @@ class Emitter:
         position = {int(c): i for i, c in enumerate(layout)}
         indices = np.array([position.get(int(c), len(layout)) for c in target], np.int64)
         source = self.src(tensor)
-        rank = len(self.g.shapes[tensor])
+        rank, axis = len(self.g.shapes[tensor]), self.g.axis[tensor]
         base = f"{tensor}_chainx"
         missing = indices == len(layout)
         if missing.any():
@@ -166,18 +171,21 @@ class Emitter:
             )
             pads = np.zeros(2 * rank, np.int64)
             if contiguous:
-                pads[1], pads[1 + rank] = head, len(target) - head - len(layout)
+                pads[axis], pads[axis + rank] = head, len(target) - head - len(layout)
                 return self.node("Pad", [source, self.constant(f"{base}_pads", pads)], base)
-            pads[1 + rank] = 1
+            pads[axis + rank] = 1
             source = self.node("Pad", [source, self.constant(f"{base}_pads", pads)], base)
-        return self.node("Gather", [source, self.constant(f"{base}_index", indices)], base, axis=1)
+        index = self.constant(f"{base}_index", indices)
+        return self.node("Gather", [source, index], base, axis=axis)
 
     def _zeros(self, tensor: str, channels: int) -> str:
         shape = list(self.g.shapes[tensor])
-        shape[1] = channels
+        shape[self.g.axis[tensor]] = channels
         base = f"{tensor}_chainx_zeros"
         if all(d is not None for d in shape):
             return self.constant(base, np.zeros(shape, np.float32))
+        if any(d is None for d in shape[1:]):
+            raise ValueError(f"{tensor!r} has an unknown size other than its batch")
         batch = self.dims(self.g.input_name, 0, 1, base)
         rest = self.constant(f"{base}_shape", np.array(shape[1:], np.int64))
         full = self.node("Concat", [batch, rest], base, axis=0)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import onnx
 
-from chainx.channels.rules.base import FROZEN, Rule
+from chainx.channels.rules.base import FROZEN, Cases, Rule
 from chainx.channels.rules.channelwise import (
     AveragePoolRule,
     BatchNormRule,
@@ -15,8 +15,16 @@ from chainx.channels.rules.channelwise import (
     NonZeroPreservingRule,
     ReduceRule,
     ResizeRule,
+    SoftmaxRule,
     SqueezeRule,
     ZeroPreservingRule,
+)
+from chainx.channels.rules.heads import (
+    HeadMatMulRule,
+    HeadMergeRule,
+    HeadSplitRule,
+    OffAxisRule,
+    TransposeRule,
 )
 from chainx.channels.rules.mixing import BinaryRule, ConvRule, GemmRule
 from chainx.channels.rules.reindex import (
@@ -27,8 +35,9 @@ from chainx.channels.rules.reindex import (
     SliceRule,
     SplitRule,
 )
-from chainx.channels.rules.reshape import FlattenRule, ReshapeRule
+from chainx.channels.rules.reshape import FlattenRule, UnitReshapeRule
 from chainx.channels.states import Masks, Values
+from chainx.onnx.axes import ELEMENTWISE_OPS
 from chainx.onnx.graph import GraphIndex
 
 __all__ = ["FROZEN", "RULES", "Masks", "Rule", "Values", "rule_for"]
@@ -39,22 +48,25 @@ ZERO_PRESERVING_OPS = (
 ).split()
 NON_ZERO_PRESERVING_OPS = "Sigmoid HardSigmoid Softplus Exp Cos".split()
 
-RULES: dict[str, Rule] = {
-    **{op: ZeroPreservingRule() for op in ZERO_PRESERVING_OPS},
-    **{op: NonZeroPreservingRule() for op in NON_ZERO_PRESERVING_OPS},
+RULES: dict[str, Rule | Cases] = {
+    **{op: ZeroPreservingRule(any_axis=op in ELEMENTWISE_OPS) for op in ZERO_PRESERVING_OPS},
+    **{op: NonZeroPreservingRule(any_axis=op in ELEMENTWISE_OPS) for op in NON_ZERO_PRESERVING_OPS},
     "PRelu": ZeroPreservingRule(params=(1,)),
     "AveragePool": AveragePoolRule(),
     **{op: ReduceRule() for op in "ReduceMean ReduceMax ReduceMin ReduceSum".split()},
-    "Squeeze": SqueezeRule(),
+    "Squeeze": Cases(SqueezeRule(), OffAxisRule()),
+    "Unsqueeze": OffAxisRule(),
+    "Transpose": TransposeRule(),
+    "Softmax": SoftmaxRule(),
     "Resize": ResizeRule(),
     "Upsample": ResizeRule(),
-    "Clip": ClipRule(),
+    "Clip": ClipRule(any_axis=True),
     "BatchNormalization": BatchNormRule(),
     "InstanceNormalization": NonZeroPreservingRule(params=(1, 2), vectors=True),
     "Pad": PadRule(),
-    "Slice": SliceRule(),
+    "Slice": Cases(SliceRule(), OffAxisRule()),
     "Gather": GatherRule(),
-    "Split": SplitRule(),
+    "Split": Cases(SplitRule(), OffAxisRule()),
     "Add": BinaryRule(),
     "Sub": BinaryRule(),
     "Mul": BinaryRule(),
@@ -62,13 +74,15 @@ RULES: dict[str, Rule] = {
     "Concat": ConcatRule(),
     "Conv": ConvRule(),
     "Gemm": GemmRule(),
-    "MatMul": GemmRule(),
+    "MatMul": Cases(GemmRule(), HeadMatMulRule()),
     "Flatten": FlattenRule(),
     "Shape": ShapeRule(),
-    "Reshape": ReshapeRule(),
+    "Reshape": Cases(UnitReshapeRule(), FlattenRule(), HeadSplitRule(), HeadMergeRule()),
 }
 
 
 def rule_for(node: onnx.NodeProto, g: GraphIndex) -> Rule:
     rule = RULES.get(node.op_type, FROZEN)
-    return rule if rule.accepts(node, g) else FROZEN
+    if isinstance(rule, Cases):
+        return rule.case(node, g)
+    return rule if rule.applies(node, g) else FROZEN

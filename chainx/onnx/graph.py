@@ -9,13 +9,17 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from chainx.onnx.axes import channel_axes
+
 
 @dataclass
 class GraphIndex:
     """What the channel passes need to know about a normalised, shape-inferred model.
 
     An *activation* is a tensor computed from the model input with rank ≥ 2 and a static
-    size on axis 1, its channel (or feature) axis. `width` maps each activation to that size.
+    size on its channel (or feature, or head) axis: axis 1, or where `axes.channel_axes`
+    finds it (a transformer's last axis). `axis` and `width` map each activation to that
+    axis and its size.
     """
 
     model: onnx.ModelProto
@@ -25,6 +29,7 @@ class GraphIndex:
     constants: dict[str, np.ndarray]
     shapes: dict[str, list[int | None]]
     width: dict[str, int]
+    axis: dict[str, int]
     input_name: str
     output_names: list[str]
 
@@ -50,11 +55,15 @@ class GraphIndex:
                 producer[name] = node
             if any(name in dynamic for name in node.input):
                 dynamic.update(name for name in node.output if name)
+        axis = channel_axes(list(graph.node), shapes, constants, dynamic, input_name)
         width = {}
         for name in dynamic:
             shape = shapes.get(name)
-            if shape is not None and len(shape) >= 2 and shape[1] is not None:
-                width[name] = shape[1]
+            if shape is not None and len(shape) >= 2:
+                axis.setdefault(name, 1)
+                if shape[axis[name]] is not None:
+                    width[name] = shape[axis[name]]
+        axis = {name: a for name, a in axis.items() if name in width}
         return cls(
             model=model,
             nodes=list(graph.node),
@@ -63,6 +72,7 @@ class GraphIndex:
             constants=constants,
             shapes=shapes,
             width=width,
+            axis=axis,
             input_name=input_name,
             output_names=[o.name for o in graph.output],
         )
@@ -73,22 +83,27 @@ class GraphIndex:
     def activation_inputs(self, node: onnx.NodeProto) -> list[str]:
         return [name for name in node.input if name in self.width]
 
+    def channel_values(self, value: np.ndarray, like: str) -> np.ndarray | None:
+        """`per_channel` against the activation `like`: its width, rank and channel axis."""
+        return per_channel(value, self.width[like], len(self.shapes[like]), self.axis[like])
+
 
 def attributes(node: onnx.NodeProto) -> dict[str, object]:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def per_channel(value: np.ndarray, width: int, rank: int) -> np.ndarray | None:
-    """The per-channel values of a constant that broadcasts against a (N, C, …) activation.
+def per_channel(value: np.ndarray, width: int, rank: int, axis: int = 1) -> np.ndarray | None:
+    """The per-channel values of a constant that broadcasts against an activation of `rank`
+    whose channel axis is `axis` (N, C, … by default).
 
     None when the constant varies along any axis other than the channel axis.
     """
     if value.ndim > rank:
         return None
     shape = (1,) * (rank - value.ndim) + value.shape
-    if any(size != 1 for axis, size in enumerate(shape) if axis != 1):
+    if any(size != 1 for position, size in enumerate(shape) if position != axis):
         return None
-    if shape[1] not in (1, width):
+    if shape[axis] not in (1, width):
         return None
     return np.broadcast_to(value.reshape(-1), (width,)).astype(np.float64)
 

@@ -1,8 +1,11 @@
 """Where the scores multiply: one point per Conv (and hidden Gemm), after its affine tail.
 
 A Conv's units are its filters; a hidden Gemm's (or MatMul's) are its output neurons, scored
-like filters. A layer whose units reach the model output without another mixing layer is
-the classifier itself and is not scored.
+like filters. In a transformer, the units are an MLP's hidden neurons (a Linear layer on
+tokens, after its bias, whose output goes through an activation) and attention heads (the
+output of softmax·V, one score per head before the heads are merged). A layer whose units
+reach the model output without another mixing layer is the classifier itself and is not
+scored.
 
 `scored_model` inserts `Mul(point, multiplier)` after every such point. The multiplier is a
 graph input (for the torch scoring model) or a constant (for the export).
@@ -24,12 +27,21 @@ SCORE_PREFIX = "chainx.score."
 
 @dataclass(frozen=True)
 class ScorePoint:
-    """A scored layer: its node name, the tensor its scores multiply, and its unit count."""
+    """A scored layer: its node name, the tensor its scores multiply, its unit count, and
+    the rank and unit axis of that tensor."""
 
     layer: str
     point: str
     channels: int
     rank: int
+    axis: int = 1
+
+    @property
+    def shape(self) -> list[int]:
+        """The multiplier's shape: (1, …, channels, …, 1), broadcast against the point."""
+        shape = [1] * self.rank
+        shape[self.axis] = self.channels
+        return shape
 
     @property
     def multiplier(self) -> str:
@@ -64,23 +76,95 @@ def _reaches_output(g: GraphIndex, tensor: str) -> bool:
     return False
 
 
+# Ops a transformer's MLP applies to its hidden neurons (GELU is often Div, Erf, Add, Mul).
+ACTIVATION_OPS = frozenset("Relu Gelu Erf Div Mul Sigmoid Tanh Clip HardSwish Softplus".split())
+
+
+def _is_head_output(node: onnx.NodeProto, g: GraphIndex) -> bool:
+    """softmax(QKᵀ)·V, batched over heads on its channel axis."""
+    if node.op_type != "MatMul" or not all(g.is_activation(name) for name in node.input[:2]):
+        return False
+    weights = g.producer.get(node.input[0])
+    while weights is not None and weights.op_type in {"Dropout", "Cast", "Identity"}:
+        weights = g.producer.get(weights.input[0])
+    y = node.output[0]
+    rank = len(g.shapes[y])
+    return (
+        weights is not None
+        and weights.op_type == "Softmax"
+        and rank >= 3
+        and g.axis[y] < rank - 2
+        and all(g.axis[name] == g.axis[y] for name in node.input[:2])
+    )
+
+
+def _is_token_linear(node: onnx.NodeProto, g: GraphIndex, point: str) -> bool:
+    """A Linear layer on (B, N, D) tokens whose output (after its bias) feeds an activation
+    only: an MLP's first layer. Q/K/V projections go to a Reshape, output projections to an
+    Add. (ConvNeXt's Linear layers on (B, H, W, C) maps are not scored yet.)"""
+    rank = len(g.shapes[point])
+    readers = g.consumers.get(point, [])
+    return (
+        node.op_type == "MatMul"
+        and rank == 3
+        and g.axis.get(point) == rank - 1
+        and bool(readers)
+        and all(reader.op_type in ACTIVATION_OPS for reader in readers)
+    )
+
+
 def _scorable(node: onnx.NodeProto, g: GraphIndex) -> bool:
     if not g.is_activation(node.output[0]):
         return False
     if node.op_type == "Conv":
-        return True
-    # A hidden fully connected layer on (N, F) features with a constant weight.
+        return g.axis[node.output[0]] == 1
+    # A hidden fully connected layer on (N, F) features with a constant weight; not one on
+    # tokens flattened with the batch (nn.MultiheadAttention's output projection), whose
+    # output is reshaped back into tokens.
+    readers = g.consumers.get(_biased(node, g), [])
     return (
         node.op_type in {"Gemm", "MatMul"}
         and len(g.shapes[node.output[0]]) == 2
         and node.input[1] in g.constants
+        and not any(reader.op_type in {"Reshape", "Transpose"} for reader in readers)
     )
+
+
+def _biased(node: onnx.NodeProto, g: GraphIndex) -> str:
+    """The node's output, or the Add of a per-channel bias that alone reads it."""
+    point = node.output[0]
+    readers = g.consumers.get(point, [])
+    if len(readers) != 1 or readers[0].op_type != "Add" or point in g.output_names:
+        return point
+    other = [name for name in readers[0].input if name != point]
+    if len(other) == 1 and other[0] in g.constants:
+        if g.is_activation(readers[0].output[0]):
+            if g.channel_values(g.constants[other[0]], readers[0].output[0]) is not None:
+                return readers[0].output[0]
+    return point
 
 
 def find_score_points(model: onnx.ModelProto) -> list[ScorePoint]:
     g = GraphIndex.build(model)
     points = []
     for node in g.nodes:
+        if _is_head_output(node, g) or (
+            node.op_type == "MatMul"
+            and node.input[1] in g.constants
+            and g.is_activation(node.output[0])
+            and _is_token_linear(node, g, _biased(node, g))
+        ):
+            point = node.output[0] if _is_head_output(node, g) else _biased(node, g)
+            points.append(
+                ScorePoint(
+                    layer=node.name,
+                    point=point,
+                    channels=g.width[point],
+                    rank=len(g.shapes[point]),
+                    axis=g.axis[point],
+                )
+            )
+            continue
         if not _scorable(node, g) or _reaches_output(g, node.output[0]):
             continue
         point = node.output[0]
@@ -116,7 +200,7 @@ def scored_model(
 ) -> onnx.ModelProto:
     """The model with a Mul after every score point.
 
-    Without `multipliers` each multiplier is a graph input of shape (1, C, 1, …), after the
+    Without `multipliers` each multiplier is a graph input of shape `point.shape`, after the
     image input, in the order of `points`; with them, each is a float32 constant.
     """
     result = onnx.ModelProto()
@@ -141,7 +225,7 @@ def scored_model(
         )
         graph.node.insert(index + 1, mul)
     for point in points:
-        shape = [1, point.channels] + [1] * (point.rank - 2)
+        shape = point.shape
         if multipliers is None:
             graph.input.append(
                 helper.make_tensor_value_info(point.multiplier, TensorProto.FLOAT, shape)

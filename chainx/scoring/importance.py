@@ -66,7 +66,7 @@ def mean_activation(
     for values in tensor_batches(sess, images, names, batch_size=1):
         for point in points:
             value = np.abs(values[point.point].astype(np.float64))
-            per_unit = np.moveaxis(value, 1, 0).reshape(point.channels, -1)
+            per_unit = np.moveaxis(value, point.axis, 0).reshape(point.channels, -1)
             sums[point.point] += per_unit.sum(1)
             counts[point.point] += per_unit.shape[1]
     return {p.layer: sums[p.point] / max(counts[p.point], 1) for p in points}
@@ -86,8 +86,7 @@ def taylor(scoring: ScoringModel, images: np.ndarray, kind: str) -> Importance:
         with torch.no_grad():
             target = scoring.unscored(batch).reshape(len(batch), -1).argmax(-1)
         multipliers = [
-            torch.ones(len(batch), p.channels, *([1] * (p.rank - 2)), requires_grad=True)
-            for p in scoring.points
+            torch.ones(len(batch), *p.shape[1:], requires_grad=True) for p in scoring.points
         ]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Using a non-tuple", category=UserWarning)

@@ -73,10 +73,7 @@ class ScoringModel(nn.Module):
         ]
 
     def run(self, x: torch.Tensor, multipliers: list[torch.Tensor]) -> torch.Tensor:
-        shaped = [
-            m.reshape(1, -1, *([1] * (point.rank - 2)))
-            for m, point in zip(multipliers, self.points, strict=True)
-        ]
+        shaped = [m.reshape(point.shape) for m, point in zip(multipliers, self.points, strict=True)]
         with warnings.catch_warnings():
             # onnx2torch's Slice indexes with a list; torch warns about it on every call.
             warnings.filterwarnings("ignore", message="Using a non-tuple", category=UserWarning)

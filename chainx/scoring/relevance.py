@@ -153,7 +153,7 @@ def relevance(
         for start in range(0, len(images), step):
             taps.clear()
             batch = torch.from_numpy(images[start : start + step]).requires_grad_(True)
-            ones = [torch.ones(1, p.channels, *([1] * (p.rank - 2))) for p in scoring.points]
+            ones = [torch.ones(p.shape) for p in scoring.points]
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Using a non-tuple", category=UserWarning)
                 output = hooked(batch, *ones).reshape(len(batch), -1)
@@ -162,6 +162,7 @@ def relevance(
             torch.autograd.grad(output, batch, start_relevance.detach())
             for index, point in enumerate(scoring.points):
                 if index in taps:  # else no relevance reaches the point
-                    per_unit = taps[index].reshape(len(batch), point.channels, -1).sum((0, 2))
+                    tap = torch.movedim(taps[index], point.axis, 1)
+                    per_unit = tap.reshape(len(batch), point.channels, -1).sum((0, 2))
                     total[point.layer] += per_unit.double().numpy()
     return total

@@ -27,12 +27,25 @@ from chainx.onnx.graph import GraphIndex
 
 
 class Rule:
-    """The frozen behaviour, which is also the default for every op."""
+    """The frozen behaviour, which is also the default for every op.
+
+    A rule reads channels on axis 1 unless it sets `any_axis`: then its `accepts` checks
+    the channel axes (`GraphIndex.axis`) itself.
+    """
 
     frozen = True
+    any_axis = False
 
     def accepts(self, node: onnx.NodeProto, g: GraphIndex) -> bool:
         return True
+
+    def applies(self, node: onnx.NodeProto, g: GraphIndex) -> bool:
+        """Whether this rule answers for the node: its axes are understood and it accepts."""
+        if not self.any_axis:
+            names = [*g.activation_inputs(node), *node.output]
+            if any(g.axis.get(name, 1) != 1 for name in names):
+                return False
+        return self.accepts(node, g)
 
     def zeros(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks) -> None:
         for name in node.output:
@@ -69,6 +82,16 @@ class Rule:
 FROZEN = Rule()
 
 
+class Cases:
+    """One op type, several rules: the first that applies answers for a node."""
+
+    def __init__(self, *cases: Rule) -> None:
+        self.cases = cases
+
+    def case(self, node: onnx.NodeProto, g: GraphIndex) -> Rule:
+        return next((case for case in self.cases if case.applies(node, g)), FROZEN)
+
+
 def single_io(node: onnx.NodeProto, g: GraphIndex) -> tuple[str, str]:
     return node.input[0], node.output[0]
 
@@ -80,5 +103,6 @@ def one_activation_in_out(node: onnx.NodeProto, g: GraphIndex) -> bool:
         and g.is_activation(node.input[0])
         and g.is_activation(outputs[0])
         and g.width[node.input[0]] == g.width[outputs[0]]
+        and g.axis[node.input[0]] == g.axis[outputs[0]]
         and all(name == "" or name in g.constants for name in node.input[1:])
     )

@@ -13,7 +13,7 @@ from chainx.channels.rules.base import (
     one_activation_in_out,
     single_io,
 )
-from chainx.onnx.graph import GraphIndex, attributes, per_channel
+from chainx.onnx.graph import GraphIndex, attributes
 
 
 class ChannelwiseRule(Rule):
@@ -28,24 +28,25 @@ class ChannelwiseRule(Rule):
 
     frozen = False
 
-    def __init__(self, params: tuple[int, ...] = (), vectors: bool = False) -> None:
+    def __init__(
+        self, params: tuple[int, ...] = (), vectors: bool = False, any_axis: bool = False
+    ) -> None:
         self.params = params
         self.vectors = vectors
+        self.any_axis = any_axis  # elementwise ops: each channel alone on any axis
 
-    def _is_channel_param(self, value: np.ndarray, width: int, rank: int) -> bool:
+    def _is_channel_param(self, value: np.ndarray, x: str, g: GraphIndex) -> bool:
         if self.vectors:
-            return value.shape == (width,)
-        return per_channel(value, width, rank) is not None
+            return value.shape == (g.width[x],)
+        return g.channel_values(value, x) is not None
 
     def accepts(self, node: onnx.NodeProto, g: GraphIndex) -> bool:
         if not one_activation_in_out(node, g):
             return False
-        rank = len(g.shapes[node.input[0]])
-        width = g.width[node.input[0]]
         return all(
             position >= len(node.input)
             or node.input[position] == ""
-            or self._is_channel_param(g.constants[node.input[position]], width, rank)
+            or self._is_channel_param(g.constants[node.input[position]], node.input[0], g)
             for position in self.params
         )
 
@@ -79,14 +80,13 @@ class ChannelwiseRule(Rule):
         # padding counted in an average makes vary) need that constant brought back.
         layout = np.union1d(em.layout(x), np.flatnonzero(em.live(y)))
         inputs = [em.remapped(x, layout)]
-        rank = len(em.g.shapes[x])
         for position, name in enumerate(node.input[1:], start=1):
             if position in self.params and name:
                 values = em.g.constants[name]
                 if self.vectors:
                     inputs.append(em.constant(name, values[layout]))
                 else:
-                    inputs.append(em.channel_constant(name, values, layout, em.g.width[x], rank))
+                    inputs.append(em.channel_constant(name, values, layout, x))
             else:
                 inputs.append(em.src(name))
         em.copy(node, inputs)
@@ -154,6 +154,20 @@ class NonZeroPreservingRule(ChannelwiseRule):
 
     def zero_preserved(self, node: onnx.NodeProto, g: GraphIndex) -> np.ndarray:
         return np.zeros(g.width[node.output[0]], bool)
+
+
+class SoftmaxRule(NonZeroPreservingRule):
+    """Softmax along an axis other than the channel axis (attention's, over keys, head by
+    head): each channel alone. Softmax of zeros is uniform, not zero."""
+
+    def __init__(self) -> None:
+        super().__init__(any_axis=True)
+
+    def accepts(self, node: onnx.NodeProto, g: GraphIndex) -> bool:
+        if not one_activation_in_out(node, g):
+            return False
+        rank = len(g.shapes[node.input[0]])
+        return int(attributes(node).get("axis", -1)) % rank != g.axis[node.input[0]]
 
 
 class ClipRule(ChannelwiseRule):

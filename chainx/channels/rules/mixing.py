@@ -7,13 +7,14 @@ import onnx
 
 from chainx.channels.emitter import Emitter
 from chainx.channels.rules.base import Masks, Rule, Values
-from chainx.onnx.graph import GraphIndex, attributes, per_channel
+from chainx.onnx.graph import GraphIndex, attributes
 
 
 class BinaryRule(Rule):
     """Add, Sub, Mul and Div between activations of one width, or with a per-channel constant."""
 
     frozen = False
+    any_axis = True
 
     def accepts(self, node: onnx.NodeProto, g: GraphIndex) -> bool:
         y = node.output[0]
@@ -24,9 +25,11 @@ class BinaryRule(Rule):
             if g.is_activation(name):
                 if g.width[name] != g.width[y] or len(g.shapes[name]) != rank:
                     return False
+                if g.axis[name] != g.axis[y]:
+                    return False
             elif name not in g.constants:
                 return False
-            elif per_channel(g.constants[name], g.width[y], rank) is None:
+            elif g.channel_values(g.constants[name], y) is None:
                 return False
             elif node.op_type == "Div" and position == 1 and (g.constants[name] == 0).any():
                 return False
@@ -37,7 +40,7 @@ class BinaryRule(Rule):
     def _operand_zero(self, name: str, y: str, g: GraphIndex, zero: Masks) -> np.ndarray:
         if g.is_activation(name):
             return zero[name]
-        return per_channel(g.constants[name], g.width[y], len(g.shapes[y])) == 0
+        return g.channel_values(g.constants[name], y) == 0
 
     def zeros(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks) -> None:
         y = node.output[0]
@@ -52,9 +55,7 @@ class BinaryRule(Rule):
     def consts(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, const: Values) -> None:
         y = node.output[0]
         a, b = (
-            const[name]
-            if g.is_activation(name)
-            else per_channel(g.constants[name], g.width[y], len(g.shapes[y]))
+            const[name] if g.is_activation(name) else g.channel_values(g.constants[name], y)
             for name in node.input
         )
         with np.errstate(all="ignore"):
@@ -86,11 +87,10 @@ class BinaryRule(Rule):
         # Channels constant at the output need not be carried; the others come from any input.
         layout = np.unique(np.concatenate(layouts)) if layouts else np.arange(0)
         layout = layout[np.isnan(em.const[y][layout])]
-        rank = len(g.shapes[y])
         inputs = [
             em.remapped(name, layout)
             if g.is_activation(name)
-            else em.channel_constant(name, g.constants[name], layout, g.width[y], rank)
+            else em.channel_constant(name, g.constants[name], layout, y)
             for name in node.input
         ]
         em.copy(node, inputs)
@@ -227,22 +227,32 @@ class ConvRule(Rule):
 
 
 class GemmRule(Rule):
-    """Gemm or MatMul of a (N, F) activation with a constant weight."""
+    """Gemm or MatMul of an activation with a constant weight: a fully connected layer on
+    (N, F) features, or a Linear layer on the last axis of (B, N, D) tokens (or of a
+    channels-last (B, H, W, C) map)."""
 
     frozen = False
+    any_axis = True
 
     def accepts(self, node: onnx.NodeProto, g: GraphIndex) -> bool:
         x, y = node.input[0], node.output[0]
-        if not (g.is_activation(x) and g.is_activation(y)) or len(g.shapes[x]) != 2:
+        if not (g.is_activation(x) and g.is_activation(y)):
+            return False
+        rank = len(g.shapes[x])
+        if rank != len(g.shapes[y]) or g.axis[x] != rank - 1 or g.axis[y] != rank - 1:
+            return False
+        if rank > 2 and node.op_type != "MatMul":
             return False
         if node.input[1] not in g.constants or g.is_activation(node.input[1]):
+            return False
+        if g.constants[node.input[1]].ndim != 2:
             return False
         attrs = attributes(node)
         if attrs.get("transA", 0):
             return False
         if len(node.input) > 2 and node.input[2]:
             bias = g.constants.get(node.input[2])
-            if bias is None or per_channel(bias, g.width[y], 2) is None:
+            if bias is None or g.channel_values(bias, y) is None:
                 return False
         return True
 
@@ -253,16 +263,22 @@ class GemmRule(Rule):
         return weight if transposed else weight.T
 
     def _bias(self, node: onnx.NodeProto, g: GraphIndex) -> np.ndarray:
-        width = g.width[node.output[0]]
+        y = node.output[0]
         if len(node.input) > 2 and node.input[2]:
-            return per_channel(g.constants[node.input[2]], width, 2)
-        return np.zeros(width)
+            return g.channel_values(g.constants[node.input[2]], y)
+        return np.zeros(g.width[y])
+
+    def _reads_live(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks) -> np.ndarray:
+        return ((self._matrix(node, g) != 0) & ~zero[node.input[0]][None, :]).any(axis=1)
 
     def zeros(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks) -> None:
-        x, y = node.input[0], node.output[0]
-        matrix = self._matrix(node, g)
-        reads_live = ((matrix != 0) & ~zero[x][None, :]).any(axis=1)
-        zero[y] = (self._bias(node, g) == 0) & ~reads_live
+        zero[node.output[0]] = (self._bias(node, g) == 0) & ~self._reads_live(node, g, zero)
+
+    def consts(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, const: Values) -> None:
+        """A unit that reads only zero features outputs its bias (a whole attention branch
+        or MLP removed leaves the bias of its output projection)."""
+        reads_live = self._reads_live(node, g, zero)
+        const[node.output[0]] = np.where(reads_live, np.nan, self._bias(node, g))
 
     def needs(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, need: Masks) -> None:
         x, y = node.input[0], node.output[0]
@@ -270,7 +286,7 @@ class GemmRule(Rule):
 
     def emit(self, node: onnx.NodeProto, em: Emitter) -> None:
         g, x, y = em.g, node.input[0], node.output[0]
-        rows = np.flatnonzero(em.need[y] & ~em.zero[y])
+        rows = np.flatnonzero(em.live(y))
         matrix = self._matrix(node, g)
         constants = em.constant_inputs(x, (matrix[rows] != 0).any(axis=0))
         attrs = attributes(node)
@@ -299,6 +315,6 @@ class GemmRule(Rule):
             inputs.append(em.constant(name, (bias + fold).astype(weight.dtype)))
         elif has_bias:
             bias = g.constants[node.input[2]]
-            inputs.append(em.channel_constant(node.input[2], bias, rows, g.width[y], 2))
+            inputs.append(em.channel_constant(node.input[2], bias, rows, y))
         em.copy(node, inputs, {"beta": 1.0} if fold.any() else {})
         em.set(y, y, rows)

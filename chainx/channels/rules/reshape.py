@@ -1,5 +1,6 @@
 """Rules for Flatten and Reshape: a flatten makes each channel a block of features, a
-reshape that only adds or drops unit dimensions keeps each channel as it is."""
+reshape that only adds or drops unit dimensions keeps each channel as it is (attention's
+reshapes into and out of heads are in heads.py)."""
 
 from __future__ import annotations
 
@@ -86,31 +87,3 @@ class UnitReshapeRule(ChannelwiseRule):
         keeps_batch = "allowzero" in attributes(node)
         em.copy(node, [em.remapped(x, layout), shape], {"allowzero": 0} if keeps_batch else {})
         em.set(y, y, layout)
-
-
-class ReshapeRule(Rule):
-    """Reshape: a unit-dimension reshape keeps channels (UnitReshapeRule), a flatten makes
-    each channel a block of features (FlattenRule); any other is frozen."""
-
-    frozen = False
-
-    def __init__(self) -> None:
-        self.cases = (UnitReshapeRule(), FlattenRule())
-
-    def _case(self, node: onnx.NodeProto, g: GraphIndex) -> Rule:
-        return next(case for case in self.cases if case.accepts(node, g))
-
-    def accepts(self, node: onnx.NodeProto, g: GraphIndex) -> bool:
-        return any(case.accepts(node, g) for case in self.cases)
-
-    def zeros(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks) -> None:
-        self._case(node, g).zeros(node, g, zero)
-
-    def consts(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, const: Values) -> None:
-        self._case(node, g).consts(node, g, zero, const)
-
-    def needs(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, need: Masks) -> None:
-        self._case(node, g).needs(node, g, zero, need)
-
-    def emit(self, node: onnx.NodeProto, em: Emitter) -> None:
-        self._case(node, em.g).emit(node, em)

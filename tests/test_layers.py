@@ -6,8 +6,15 @@ import pytest
 from conftest import tiny_model
 
 from chainx.onnx.graph import GraphIndex
-from chainx.onnx.score_points import find_score_points
-from chainx.render.layers import display_name, display_names, layer_edges, module_path
+from chainx.onnx.score_points import ScorePoint, find_score_points
+from chainx.render.layers import (
+    display_name,
+    display_names,
+    layer_edges,
+    module_path,
+    point_display_names,
+    unit_name,
+)
 
 
 def test_torchvision_resnet_names_follow_the_paper() -> None:
@@ -58,3 +65,27 @@ def test_edges_follow_the_residual_structure() -> None:
     # Both the projection and block1's conv2 feed block2, through the residual adds.
     assert any(dst == proj for _, dst in edges)
     assert (b2c2, "output") in edges and (proj, "output") in edges
+
+
+def test_transformer_units_are_named_by_block_in_graph_order() -> None:
+    points = [
+        ScorePoint("patch/Conv", "p", 32, 4),
+        ScorePoint("attn0/MatMul_1", "a0", 4, 4, axis=1, kind="head"),
+        ScorePoint("mlp0/fc1/MatMul", "m0", 64, 3, axis=2, kind="neuron"),
+        ScorePoint("attn1/MatMul_1", "a1", 4, 4, axis=1, kind="head"),
+        ScorePoint("mlp1/fc1/MatMul", "m1", 64, 3, axis=2, kind="neuron"),
+        ScorePoint("classifier/fc/Gemm", "g", 16, 2, kind="neuron"),
+    ]
+    names = point_display_names(points)
+    assert [names[p.layer] for p in points] == [
+        "patch",
+        "B0.H",
+        "B0.M",
+        "B1.H",
+        "B1.M",
+        "classifier.fc",
+    ]
+    assert unit_name("B1.H", 3) == "B1.H3"
+    assert unit_name("B0.M", 127) == "B0.M127"
+    assert unit_name("L4B1C2", 48) == "L4B1C2 48"
+    assert unit_name("classifier.fc", 2) == "classifier.fc 2"

@@ -69,9 +69,13 @@ def source_form(
 
 
 def chain_summary(
-    multipliers: dict[str, np.ndarray], present: dict[str, np.ndarray]
+    multipliers: dict[str, np.ndarray],
+    present: dict[str, np.ndarray],
+    kinds: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Layers and filters kept: those the chain physically computes.
+    """Layers and units kept: those the chain physically computes. "Filters" counts units
+    of every kind (filters, neurons, heads); with `kinds` (layer → ScorePoint.kind),
+    `units` gives kept and total per kind.
 
     A filter with a non-zero score can still be gone: when its output is a constant (its
     inputs were all removed), that constant is folded exactly into its consumers' biases,
@@ -83,7 +87,7 @@ def chain_summary(
         int(np.count_nonzero(np.delete(values, present[layer])))
         for layer, values in multipliers.items()
     )
-    return {
+    summary: dict[str, Any] = {
         "layers_kept": sum(len(units) > 0 for units in present.values()),
         "layers_total": len(multipliers),
         "filters_kept": kept,
@@ -91,6 +95,14 @@ def chain_summary(
         "filters_removed_fraction": 1 - kept / total,
         "filters_folded": folded,
     }
+    if kinds:
+        units: dict[str, dict[str, int]] = {}
+        for layer, values in multipliers.items():
+            entry = units.setdefault(kinds[layer], {"kept": 0, "total": 0})
+            entry["kept"] += len(present[layer])
+            entry["total"] += len(values)
+        summary["units"] = units
+    return summary
 
 
 def add_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:

@@ -14,7 +14,7 @@ import onnx
 from chainx.chain.verify import ChainVerification
 from chainx.onnx.score_points import ScorePoint
 from chainx.outputs import OUTPUT_FILES, OutputStage, check_output_dir, write_atomic
-from chainx.render.layers import display_names
+from chainx.render.layers import point_display_names
 
 
 @dataclass
@@ -60,7 +60,7 @@ def layer_results(
     present: dict[str, np.ndarray],
 ) -> list[LayerResult]:
     """Per scored layer: its names, its gate, and the filters the chain computes (`present`)."""
-    names = display_names([p.layer for p in points])
+    names = point_display_names(points)
     layers = []
     for point in points:
         values = multipliers[point.layer]

@@ -112,6 +112,7 @@ def verify_saved_chain(sources: ChainSources) -> dict[str, Any]:
         "summary": chain_summary(
             multipliers,
             present_units(chain, slices, {p.layer: p.channels for p in points}),
+            {p.layer: p.kind for p in points},
         ),
         "metrics": metrics,
         "files": files,

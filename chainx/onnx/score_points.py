@@ -27,14 +27,16 @@ SCORE_PREFIX = "chainx.score."
 
 @dataclass(frozen=True)
 class ScorePoint:
-    """A scored layer: its node name, the tensor its scores multiply, its unit count, and
-    the rank and unit axis of that tensor."""
+    """A scored layer: its node name, the tensor its scores multiply, its unit count, the
+    rank and unit axis of that tensor, and what a unit is: a Conv "filter", a hidden
+    "neuron" (of a fully connected layer or a transformer's MLP), or an attention "head"."""
 
     layer: str
     point: str
     channels: int
     rank: int
     axis: int = 1
+    kind: str = "filter"
 
     @property
     def shape(self) -> list[int]:
@@ -154,7 +156,8 @@ def find_score_points(model: onnx.ModelProto) -> list[ScorePoint]:
             and g.is_activation(node.output[0])
             and _is_token_linear(node, g, _biased(node, g))
         ):
-            point = node.output[0] if _is_head_output(node, g) else _biased(node, g)
+            head = _is_head_output(node, g)
+            point = node.output[0] if head else _biased(node, g)
             points.append(
                 ScorePoint(
                     layer=node.name,
@@ -162,6 +165,7 @@ def find_score_points(model: onnx.ModelProto) -> list[ScorePoint]:
                     channels=g.width[point],
                     rank=len(g.shapes[point]),
                     axis=g.axis[point],
+                    kind="head" if head else "neuron",
                 )
             )
             continue
@@ -183,6 +187,7 @@ def find_score_points(model: onnx.ModelProto) -> list[ScorePoint]:
                 point=point,
                 channels=g.width[point],
                 rank=len(g.shapes[point]),
+                kind="filter" if node.op_type == "Conv" else "neuron",
             )
         )
     if not points:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from chainx.onnx.graph import GraphIndex
+from chainx.onnx.score_points import ScorePoint
 
 _RESNET = re.compile(r"layer(\d+)\.(\d+)\.(?:(conv)(\d+)|(downsample|shortcut))")
 
@@ -47,6 +48,31 @@ def display_names(node_names: list[str]) -> dict[str, str]:
         names[node] = name
         used.add(name)
     return names
+
+
+def point_display_names(points: list[ScorePoint]) -> dict[str, str]:
+    """`display_names`, except that a transformer's units are named by block, in the paper's
+    style: "B3.H" holds the heads of block 3 ("B3.H5" is head 5), "B3.M" the MLP neurons
+    ("B3.M127"). Blocks count from 0 in graph order: the n-th attention (or MLP) is block n.
+    """
+    names = display_names([p.layer for p in points])
+    blocks = {"head": 0, "token-neuron": 0}
+    for point in points:
+        kind = "token-neuron" if point.kind == "neuron" and point.rank == 3 else point.kind
+        if kind in blocks:
+            names[point.layer] = f"B{blocks[kind]}.{'H' if kind == 'head' else 'M'}"
+            blocks[kind] += 1
+    return names
+
+
+_BLOCK_UNITS = re.compile(r"B\d+\.[HM]")
+
+
+def unit_name(layer_display: str, index: int) -> str:
+    """ "L4B1C2 48" for filter 48 of L4B1C2; "B3.H5" for head 5 of block 3."""
+    if _BLOCK_UNITS.fullmatch(layer_display):
+        return f"{layer_display}{index}"
+    return f"{layer_display} {index}"
 
 
 def layer_edges(g: GraphIndex, layers: list[str]) -> list[tuple[str, str]]:

@@ -61,7 +61,7 @@ class TrialChains:
         outputs = verification.outputs
         points = self.source.points
         return {
-            **chain_summary(multipliers, present),
+            **chain_summary(multipliers, present, {p.layer: p.kind for p in points}),
             "layer_filters": [int(len(present[p.layer])) for p in points],
             "layer_scored": [int(np.count_nonzero(multipliers[p.layer])) for p in points],
             "verified": verification.passed,

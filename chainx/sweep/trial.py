@@ -15,7 +15,7 @@ from typing import Any
 
 from chainx.images import ImageSet, load_image_files
 from chainx.pipeline import open_model, optimise_scores
-from chainx.render.layers import display_names
+from chainx.render.layers import point_display_names
 from chainx.settings import read_class_names
 from chainx.sweep.chains import TrialChains, accuracy
 from chainx.sweep.controls import random_weights_method, stability
@@ -61,7 +61,7 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
             source, (region, holdout, redrawn), scores.settings, config.frontier, spec.seed, names
         )
 
-    layer_names = display_names([p.layer for p in points])
+    layer_names = point_display_names(points)
     record = {
         "trial": spec.index,
         "seed": spec.seed,

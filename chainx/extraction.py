@@ -95,7 +95,8 @@ def extract(
         source, scores.scoring, scores.result.multipliers, region, held, settings_record
     )
     timings["export_s"], timings["verify_s"] = chain.export_s, chain.verify_s
-    summary = chain_summary(scores.result.multipliers, chain.present)
+    kinds = {p.layer: p.kind for p in source.points}
+    summary = chain_summary(scores.result.multipliers, chain.present, kinds)
     refuse_unfaithful(chain.verification, summary)
     class_names = read_class_names(settings.read.class_names)
     frontier = None
@@ -115,7 +116,8 @@ def extract(
         layer: units[multipliers[layer][units] != 0] for layer, units in chain.present.items()
     }
     mark = time.perf_counter()
-    links = link_weights(chain.model, region.array, scored_units, edges)
+    axes = {p.layer: p.axis for p in source.points if p.axis != 1}
+    links = link_weights(chain.model, region.array, scored_units, edges, axes)
     paths = strongest_paths(links, scored_units, order)
     if paths:
         listener.message(f"strongest inference path: {paths[0].describe(names)}")
@@ -150,6 +152,7 @@ def extract(
         scored_units,
         multipliers,
         settings.filter_images,
+        {p.layer for p in source.points if p.kind == "filter"},
     )
     timings["visualise_s"] = time.perf_counter() - mark
     timings["total_s"] = time.perf_counter() - started

@@ -80,7 +80,8 @@ def check_exact_copies(
 
     A node is looked up by name in the user's model; one that only normalisation named
     (the user's node had no name) is looked up in the normalised model, whose weights are
-    the user's, untouched.
+    the user's, untouched. A MatMul of two activations (attention's QKᵀ and softmax·V)
+    holds no weight and is not checked.
     """
     recorded = {s.node: s for s in slices}
     original_nodes = {node.name: (node, original) for node in original.graph.node}
@@ -88,8 +89,16 @@ def check_exact_copies(
         original_nodes.setdefault(node.name, (node, normalised))
     mismatched: list[str] = []
     checked = 0
+    computed = {
+        name
+        for node in chain.graph.node
+        if node.op_type not in {"Constant", "Identity"}
+        for name in node.output
+    } | {chain.graph.input[0].name}
     for node in chain.graph.node:
         if node.op_type not in {"Conv", "Gemm", "MatMul"}:
+            continue
+        if node.op_type == "MatMul" and node.input[1] in computed:
             continue
         checked += 1
         source, owner = original_nodes.get(node.name, (None, original))

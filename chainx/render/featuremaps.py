@@ -23,9 +23,18 @@ from chainx.render.html import viridis
 THUMBNAIL = 112
 
 
-def layer_activations(chain: onnx.ModelProto, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Layer node name → its scored output (N, kept, H, W) on `images`, run in the chain."""
-    scored = {layer: mul.output[0] for layer, mul in score_muls(chain).items()}
+def layer_activations(
+    chain: onnx.ModelProto, images: np.ndarray, layers: set[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Layer node name → its scored output (N, kept, H, W) on `images`, run in the chain.
+
+    `layers` limits it to those layers (a transformer's heads are 4-D but not images).
+    """
+    scored = {
+        layer: mul.output[0]
+        for layer, mul in score_muls(chain).items()
+        if layers is None or layer in layers
+    }
     shapes = {
         info.name: len(info.type.tensor_type.shape.dim)
         for info in onnx.shape_inference.infer_shapes(chain).graph.value_info

@@ -34,16 +34,18 @@ def render_files(
     kept: dict[str, np.ndarray],
     multipliers: dict[str, np.ndarray],
     filter_images: int,
+    filter_layers: set[str] | None = None,
 ) -> DrawnFiles:
     """The diagram, the featuremaps and (with `filter_images` > 0) the filter sheets.
 
     `kept` holds, per layer, the original indices of the filters the chain computes with a
-    non-zero score, in the chain's channel order.
+    non-zero score, in the chain's channel order. Featuremaps and sheets are drawn for the
+    `filter_layers` (Conv layers; all scored layers when None) that are spatial.
     """
     names = {layer.node: layer.display for layer in graph.layers}
     source, svg = render_chain_diagram(graph, title)
     files = {"chain.gv": source.encode("utf-8"), "chain.svg": svg}
-    activations = layer_activations(chain, images)
+    activations = layer_activations(chain, images, filter_layers)
     featuremaps = {}
     for layer, (name, png) in featuremap_strips(activations, images, prep, names).items():
         featuremaps[layer] = f"featuremaps/{name}"

@@ -22,6 +22,7 @@ from chainx.onnx.graph import fixed_batch, live_nodes
 from chainx.onnx.normalise import float32_channels_first
 from chainx.onnx.runtime import run_tensors, session
 from chainx.onnx.score_points import score_muls
+from chainx.render.layers import unit_name
 
 BEAM = 64
 # Links run the part between two layers once per source filter: a layer with more kept
@@ -38,7 +39,8 @@ class Path:
     strength: float
 
     def describe(self, names: dict[str, str]) -> str:
-        return " → ".join(f"{names.get(layer, layer)} {index}" for layer, index in self.filters)
+        units = (unit_name(names.get(layer, layer), index) for layer, index in self.filters)
+        return " → ".join(units)
 
 
 @dataclass
@@ -82,10 +84,12 @@ def link_weights(
     images: np.ndarray,
     kept: dict[str, np.ndarray],
     edges: list[tuple[str, str]],
+    axes: dict[str, int] | None = None,
 ) -> dict[tuple[str, str], np.ndarray]:
     """(layer a, layer b) → (kept in a, kept in b): |change of b's mean response| with a off.
 
-    `kept` maps each layer to the original indices of its kept filters, in chain order.
+    `kept` maps each layer to the original indices of its kept filters, in chain order;
+    `axes` gives a layer's unit axis where it is not 1 (a transformer's MLP neurons).
     Switching filter a off zeroes its channel of a's scored tensor, as a zero multiplier
     would; only the nodes between a and its targets run again, from the chain's own values.
     """
@@ -107,6 +111,7 @@ def link_weights(
     between = {a: part for a, part in between.items() if part.outputs}
     sessions = {a: session(part.model, cpu=True) for a, part in between.items()}
     layer_of = {name: layer for layer, name in scored.items()}
+    axis_of = {name: (axes or {}).get(layer, 1) for layer, name in scored.items()}
     image = chain.graph.input[0].name
     inner = [name for part in between.values() for name in part.inputs if name != image]
     wanted = [scored[k] for k in layers] + inner
@@ -120,13 +125,14 @@ def link_weights(
         values[image] = piece
         for a, part in between.items():
             fed = {name: values[name] for name in part.inputs}
-            reference = {name: _mean_response(values[name]) for name in part.outputs}
+            reference = {name: _mean_response(values[name], axis_of[name]) for name in part.outputs}
             for position in sources_of[a]:
                 off = values[part.source].copy()
-                off[:, position] = 0.0
+                np.moveaxis(off, axis_of[part.source], 1)[:, position] = 0.0
                 changed = sessions[a].run(part.outputs, {**fed, part.source: off})
                 for name, value in zip(part.outputs, changed, strict=True):
-                    change = np.abs(_mean_response(value) - reference[name]).sum(axis=0)
+                    response = _mean_response(value, axis_of[name])
+                    change = np.abs(response - reference[name]).sum(axis=0)
                     totals[(a, layer_of[name])][position] += change
     return {pair: total / len(images) for pair, total in totals.items()}
 
@@ -138,8 +144,9 @@ def _strongest(multipliers: np.ndarray) -> np.ndarray:
     return np.sort(np.argsort(-np.abs(multipliers), kind="stable")[:MAX_SOURCES])
 
 
-def _mean_response(value: np.ndarray) -> np.ndarray:
-    """(N, C, …) → (N, C): each channel's mean over its positions."""
+def _mean_response(value: np.ndarray, axis: int = 1) -> np.ndarray:
+    """(N, …) → (N, C): each unit's mean over its positions, its units on `axis`."""
+    value = np.moveaxis(value, axis, 1)
     axes = tuple(range(2, value.ndim))
     return value.mean(axis=axes) if axes else value
 

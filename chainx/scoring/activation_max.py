@@ -177,6 +177,8 @@ def filter_sheets(
     """Per layer one PNG (layer node name → (file name, PNG)): a row per top filter: its
     visualisation, the region image that excites it most, and the three crops where it
     peaks."""
+    if not targets:
+        return {}
     pictures = visualise(chain, targets, prep, steps=steps)
     sheets: dict[str, tuple[str, bytes]] = {}
     for layer in dict.fromkeys(t.layer for t in targets):

@@ -1,0 +1,75 @@
+"""End to end on a tiny vision transformer (timm's ViT layout, random weights): the chain
+of heads and MLP neurons is extracted, exact, named by block and reported."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+import chainx
+from chainx.onnx.runtime import run, session
+from tools.zoo import build
+
+BLOCKS, HEADS, NEURONS = 4, 4, 64
+
+
+@pytest.fixture(scope="module")
+def vit(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("vit")
+    model = build("timm/vit_small")
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            torch.zeros(1, 3, 64, 64),
+            buffer,
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    path = folder / "vit.onnx"
+    path.write_bytes(buffer.getvalue())
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (folder / "images" / label).mkdir(parents=True)
+        for i in range(3):
+            pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / "images" / label / f"{i}.png")
+    return path, folder / "images"
+
+
+def test_a_vit_chain_is_exact_and_named_by_block(vit: tuple[Path, Path], tmp_path: Path) -> None:
+    model, images = vit
+    result = chainx.extract(model, images, steps=40, finetune_steps=10, keep_ratio=0.2, tau=0)
+    record = result.to_json()
+    assert result.verification.passed
+    units = record["summary"]["units"]
+    assert units["head"]["total"] == BLOCKS * HEADS
+    assert units["neuron"]["total"] == BLOCKS * NEURONS
+    assert units["filter"]["total"] == 32  # the patch embedding's filters
+    kept = sum(entry["kept"] for entry in units.values())
+    assert kept == record["summary"]["filters_kept"] < 0.5 * record["summary"]["filters_total"]
+    displays = [layer["display"] for layer in record["layers"]]
+    expected = [f"B{b}.{kind}" for b in range(BLOCKS) for kind in "HM"]
+    assert displays == ["patch_embed.proj", *expected]
+    for path in record["paths"]:
+        for unit in path["filters"]:
+            if unit["display"].startswith("B"):
+                assert f"{unit['display']}{unit['index']}" in path["text"]
+    # Featuremaps are drawn for the patch embedding at most: heads and tokens are no image.
+    assert set(record["featuremaps"]) <= {"/patch_embed/proj/Conv"}
+    assert set(record["filters"]) <= {"/patch_embed/proj/Conv"}
+    result.save(tmp_path / "out")
+    chain = onnx.load(str(tmp_path / "out" / "chain.onnx"))
+    x = np.random.default_rng(1).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    assert run(session(chain), x).shape == (3, 10)  # the batch stays free

@@ -46,6 +46,7 @@ from chainx.channels.rules.heads import (
     HeadSplitRule,
     OffAxisRule,
     TransposeRule,
+    UnitAxesRule,
 )
 from chainx.channels.rules.mixing import BinaryRule, ConvRule, GemmRule
 from chainx.channels.rules.reindex import (
@@ -98,7 +99,7 @@ EXPECTED_RULES = {
     "Gemm": GemmRule,
     "MatMul": (GemmRule, HeadMatMulRule),
     "Flatten": FlattenRule,
-    "Reshape": (UnitReshapeRule, FlattenRule, HeadSplitRule, HeadMergeRule),
+    "Reshape": (UnitReshapeRule, FlattenRule, HeadSplitRule, HeadMergeRule, UnitAxesRule),
     "Shape": ShapeRule,
 }
 

@@ -32,6 +32,7 @@ from chainx.onnx.passes.name_nodes import NameNodes
 from chainx.onnx.passes.opset_down import DowngradeOpset
 from chainx.onnx.passes.opset_up import UpgradeOpset
 from chainx.onnx.passes.optimize import Optimize
+from chainx.onnx.passes.packed_projection import SplitPackedProjection
 from chainx.onnx.passes.select_io import SelectIO
 from chainx.onnx.passes.split_to_slices import SplitToSlices
 from chainx.onnx.runtime import run_tensors, session, with_outputs
@@ -656,3 +657,61 @@ def test_channels_first_input_leaves_other_entries_alone() -> None:
     entry = "t = Transpose <perm = [0, 3, 1, 2]> (input)\n r = Relu (input)"
     model = model_with_weights(NHWC_ENTRY.format(entry=entry), {"w": (4, 3, 3, 3)})
     assert not reads_channels_last(model) and not ChannelsFirstInput()(model).modified
+
+
+# nn.MultiheadAttention's packed in-projection as torch writes it (a batch of 1 folded in).
+PACKED_PROJECTION = """
+<ir_version: 9, opset_import: ["" : 17]>
+net (float[5, 1, 4] x) => (float[5, 1, 4] q, float[5, 1, 4] k, float[5, 1, 4] v) {
+    m = MatMul (x, w)
+    p = Add (b, m)
+    r = Reshape (p, shape)
+    u = Unsqueeze (r, zero)
+    t = Transpose <perm = [3, 1, 2, 0, 4]> (u)
+    s = Squeeze (t, three)
+    q = Gather <axis = 0> (s, i0)
+    k = Gather <axis = 0> (s, i1)
+    v = Gather <axis = 0> (s, i2)
+}
+"""
+
+
+def packed_projection(extra_reader: bool = False) -> onnx.ModelProto:
+    text = PACKED_PROJECTION
+    if extra_reader:  # the packed tensor is also an output: it must stay
+        text = text.replace("float[5, 1, 4] v)", "float[5, 1, 4] v, float[5, 1, 12] p)")
+    model = model_with_weights(text, {"w": (4, 12), "b": (12,)})
+    integers = {
+        "shape": [5, 1, 3, 4],
+        "zero": [0],
+        "three": [3],
+        "i0": 0,
+        "i1": 1,
+        "i2": 2,
+    }
+    for name, value in integers.items():
+        model.graph.initializer.append(numpy_helper.from_array(np.array(value, np.int64), name))
+    return InferShapes()(NameNodes()(model).model).model
+
+
+def test_a_packed_projection_becomes_three_projections_on_column_blocks() -> None:
+    model = packed_projection()
+    result = SplitPackedProjection()(model)
+    assert result.modified
+    assert ops(result.model) == ["MatMul", "Add"] * 3
+    weights = {init.name: numpy_helper.to_array(init) for init in result.model.graph.initializer}
+    original = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    for index, node in enumerate(n for n in result.model.graph.node if n.op_type == "MatMul"):
+        columns = slice(4 * index, 4 * index + 4)
+        np.testing.assert_array_equal(weights[node.input[1]], original["w"][:, columns])
+    x = np.random.default_rng(1).standard_normal((5, 1, 4)).astype(np.float32)
+    before = session(model).run(None, {"x": x})
+    after = session(result.model).run(None, {"x": x})
+    for expected, actual in zip(before, after, strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-6)
+    assert "w" not in weights and "b" not in weights  # gone with the packed MatMul
+
+
+def test_a_packed_projection_read_elsewhere_stays() -> None:
+    model = packed_projection(extra_reader=True)
+    assert not SplitPackedProjection()(model).modified

@@ -55,3 +55,8 @@ def test_family_exports_exactly_and_smaller(
         # A final Softmax holds no filter's channels; a transformer's frozen ops are its
         # residual stream, which holds no head or MLP neuron.
         assert result.removed_fraction >= 0.9
+    if name in VITS:
+        # A removed head takes its Q/K/V rows and output-projection columns along, and a
+        # removed neuron its fc1 column and fc2 row: with ~10 % of them kept (at least one
+        # head per block) the chain holds under a third of the parameters.
+        assert result.params_after < 0.33 * result.params_before

@@ -25,6 +25,7 @@ from chainx.channels.rules.heads import (
     HeadSplitRule,
     OffAxisRule,
     TransposeRule,
+    UnitAxesRule,
 )
 from chainx.channels.rules.mixing import BinaryRule, ConvRule, GemmRule
 from chainx.channels.rules.reindex import (
@@ -77,7 +78,9 @@ RULES: dict[str, Rule | Cases] = {
     "MatMul": Cases(GemmRule(), HeadMatMulRule()),
     "Flatten": FlattenRule(),
     "Shape": ShapeRule(),
-    "Reshape": Cases(UnitReshapeRule(), FlattenRule(), HeadSplitRule(), HeadMergeRule()),
+    "Reshape": Cases(
+        UnitReshapeRule(), FlattenRule(), HeadSplitRule(), HeadMergeRule(), UnitAxesRule()
+    ),
 }
 
 

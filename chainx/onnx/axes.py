@@ -8,7 +8,8 @@ and merges them back. The channel axis follows the ops forward from the image in
   axis put it last;
 - elementwise ops keep it, Transpose moves it, Squeeze/Unsqueeze shift it;
 - a Reshape that splits the last axis into (…, heads, head size) puts it on the heads axis,
-  one that merges (heads, head size) back puts it last;
+  one that merges (heads, head size) back puts it last, one that only adds or drops unit
+  axes moves it with them;
 - every other op leaves its outputs on axis 1, as before.
 
 An axis is only a claim about layout: each rule still checks that its inputs' axes are the
@@ -45,28 +46,47 @@ def _axes_input(
     return None if axes is None else sorted(int(a) % rank for a in np.atleast_1d(axes))
 
 
-def split_heads(in_shape: list[int | None], out_shape: list[int | None]) -> bool:
-    """(…, D) → (…, k…, H, Dh) with the leading axes kept and k·…·H·Dh = D."""
-    lead = len(in_shape) - 1
-    if len(out_shape) < lead + 2 or in_shape[-1] is None:
-        return False
-    kept = zip(in_shape[1:lead], out_shape[1:lead], strict=True)
-    if any(a is not None and b is not None and a != b for a, b in kept):
-        return False
-    tail = out_shape[lead:]
-    return all(d is not None for d in tail) and int(np.prod(tail)) == in_shape[-1]
+def _leads_match(a: list[int | None], b: list[int | None]) -> bool:
+    """Leading axes that hold the same sizes once unit (and unknown batch) axes are dropped:
+    (B, N) and (B, N); (L, 1) and (L) where nn.MultiheadAttention folds a batch of 1."""
+    a = [d for d in a if d not in (1, None)]
+    b = [d for d in b if d not in (1, None)]
+    return a == b
+
+
+def head_split(in_shape: list[int | None], out_shape: list[int | None]) -> int | None:
+    """Where the split tail starts when (…, D) → (…, k…, H, Dh) with k·…·H·Dh = D (the
+    shortest such tail of at least two axes), or None."""
+    if len(in_shape) < 2 or in_shape[-1] is None:
+        return None
+    for start in range(len(out_shape) - 2, 0, -1):
+        tail = out_shape[start:]
+        if any(d is None for d in tail) or int(np.prod(tail)) != in_shape[-1]:
+            continue
+        return start if _leads_match(in_shape[:-1], out_shape[:start]) else None
+    return None
 
 
 def merge_heads(in_shape: list[int | None], out_shape: list[int | None]) -> bool:
-    """(…, H, Dh) → (…, H·Dh) with the leading axes kept."""
-    if len(in_shape) < 3 or len(out_shape) != len(in_shape) - 1:
+    """(…, H, Dh) → (…, H·Dh) with the leading axes kept (up to unit axes)."""
+    if len(in_shape) < 3 or len(out_shape) < 2:
         return False
     if any(d is None for d in in_shape[-2:]) or out_shape[-1] != in_shape[-2] * in_shape[-1]:
         return False
-    return all(
-        a is None or b is None or a == b
-        for a, b in zip(in_shape[1:-2], out_shape[1:-1], strict=True)
-    )
+    return _leads_match(in_shape[:-2], out_shape[:-1])
+
+
+def unit_axes_moved(
+    in_shape: list[int | None], out_shape: list[int | None], axis: int
+) -> int | None:
+    """Where a reshape that only adds or drops unit axes puts axis `axis`, or None."""
+    if in_shape[axis] in (1, None):
+        return None
+    inner = [i for i, d in enumerate(in_shape) if d != 1]
+    outer = [i for i, d in enumerate(out_shape) if d != 1]
+    if [in_shape[i] for i in inner] != [out_shape[i] for i in outer]:
+        return None
+    return outer[inner.index(axis)]
 
 
 def output_axis(
@@ -114,10 +134,11 @@ def output_axis(
         return axis[x]
     if op == "Reshape" and x in shapes:
         in_shape, out_shape = shapes[x], shapes[node.output[0]]
-        if axis[x] == rank_in - 1 and rank_in >= 3 and split_heads(in_shape, out_shape):
+        if axis[x] == rank_in - 1 and rank_in >= 3 and head_split(in_shape, out_shape):
             return rank_out - 2
         if axis[x] == rank_in - 2 and merge_heads(in_shape, out_shape):
             return rank_out - 1
+        return unit_axes_moved(in_shape, out_shape, axis[x])
     return None
 
 

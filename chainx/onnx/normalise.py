@@ -22,6 +22,7 @@ from chainx.onnx.passes.name_nodes import NameNodes
 from chainx.onnx.passes.opset_down import DowngradeOpset
 from chainx.onnx.passes.opset_up import UpgradeOpset
 from chainx.onnx.passes.optimize import Optimize
+from chainx.onnx.passes.packed_projection import SplitPackedProjection
 from chainx.onnx.passes.quantised import RefuseQuantised
 from chainx.onnx.passes.select_io import SelectIO
 
@@ -61,6 +62,9 @@ def normalise(
         model = InferShapes()(Optimize()(completed.model).model).model
         model = CompleteShapes()(model).model
     model = DropNeedlessAllowzero()(model).model
+    split = SplitPackedProjection()(model)
+    if split.modified:
+        model = InferShapes()(split.model).model
     shuffled = ShuffleToGather()(model)
     if shuffled.modified:
         model = InferShapes()(shuffled.model).model

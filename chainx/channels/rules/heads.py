@@ -15,7 +15,7 @@ import onnx
 
 from chainx.channels.emitter import Emitter
 from chainx.channels.rules.base import Masks, Rule, Values, single_io
-from chainx.onnx.axes import merge_heads, split_heads
+from chainx.onnx.axes import head_split, merge_heads, unit_axes_moved
 from chainx.onnx.graph import GraphIndex, attributes
 
 
@@ -39,14 +39,15 @@ class HeadSplitRule(Rule):
         in_shape, out_shape = g.shapes[x], g.shapes[y]
         shape = _shape_constant(node, g)
         rank_in, rank_out = len(in_shape), len(out_shape)
+        start = head_split(in_shape, out_shape)
         return (
             rank_in >= 3
             and g.axis[x] == rank_in - 1
             and g.axis[y] == rank_out - 2
-            and split_heads(in_shape, out_shape)
+            and start is not None
             and shape is not None
             and len(shape) == rank_out
-            and (shape[rank_in - 1 :] > 0).all()
+            and (shape[start:] > 0).all()
         )
 
     def _heads_of(self, node: onnx.NodeProto, g: GraphIndex) -> np.ndarray:
@@ -124,6 +125,43 @@ class HeadMergeRule(Rule):
         shape[-1] = len(heads) * size
         em.copy(node, [em.remapped(x, heads), em.constant(f"{node.name}_shape", shape)])
         em.set(y, y, (heads[:, None] * size + np.arange(size)).reshape(-1))
+
+
+class UnitAxesRule(Rule):
+    """A Reshape that only adds or drops unit axes (a batch of 1 folded into the heads):
+    each channel keeps its values; the shape's entry for the channel axis is rewritten."""
+
+    frozen = False
+    any_axis = True
+
+    def accepts(self, node: onnx.NodeProto, g: GraphIndex) -> bool:
+        x, y = node.input[0], node.output[0]
+        if not (g.is_activation(x) and g.is_activation(y)) or g.width[x] != g.width[y]:
+            return False
+        shape = _shape_constant(node, g)
+        if shape is None or len(shape) != len(g.shapes[y]):
+            return False
+        moved = unit_axes_moved(g.shapes[x], g.shapes[y], g.axis[x])
+        entry = shape[g.axis[y]] if moved == g.axis[y] else None
+        return entry == g.width[y] or (entry == -1 and (shape == -1).sum() == 1)
+
+    def zeros(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks) -> None:
+        zero[node.output[0]] = zero[node.input[0]].copy()
+
+    def consts(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, const: Values) -> None:
+        const[node.output[0]] = const[node.input[0]].copy()
+
+    def needs(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, need: Masks) -> None:
+        need[node.input[0]] |= need[node.output[0]]
+
+    def emit(self, node: onnx.NodeProto, em: Emitter) -> None:
+        x, y = single_io(node, em.g)
+        layout = np.union1d(em.layout(x), np.flatnonzero(em.live(y)))
+        shape = _shape_constant(node, em.g).copy()
+        if shape[em.g.axis[y]] != -1:
+            shape[em.g.axis[y]] = len(layout)
+        em.copy(node, [em.remapped(x, layout), em.constant(f"{node.name}_shape", shape)])
+        em.set(y, y, layout)
 
 
 class TransposeRule(Rule):

@@ -152,7 +152,7 @@ def extract(
         scored_units,
         multipliers,
         settings.filter_images,
-        {p.layer for p in source.points if p.kind == "filter"},
+        {p.layer: p.kind for p in source.points},
     )
     timings["visualise_s"] = time.perf_counter() - mark
     timings["total_s"] = time.perf_counter() - started

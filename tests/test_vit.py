@@ -1,5 +1,5 @@
 """End to end on a tiny vision transformer (timm's ViT layout, random weights): the chain
-of heads and MLP neurons is extracted, exact, named by block and reported."""
+of heads and MLP neurons is extracted, exact, named by block, drawn on the patch grid."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from PIL import Image
 
 import chainx
 from chainx.onnx.runtime import run, session
+from chainx.render.featuremaps import THUMBNAIL
 from tools.zoo import build
 
 BLOCKS, HEADS, NEURONS = 4, 4, 64
@@ -66,10 +67,16 @@ def test_a_vit_chain_is_exact_and_named_by_block(vit: tuple[Path, Path], tmp_pat
         for unit in path["filters"]:
             if unit["display"].startswith("B"):
                 assert f"{unit['display']}{unit['index']}" in path["text"]
-    # Featuremaps are drawn for the patch embedding at most: heads and tokens are no image.
-    assert set(record["featuremaps"]) <= {"/patch_embed/proj/Conv"}
+    # Every retained layer has featuremaps on the patch grid; a heads layer one row per
+    # kept head (the class token's attention). Filter sheets are for Conv filters only.
+    retained = {layer["node"]: layer["kept"] for layer in record["layers"] if layer["kept"]}
+    assert set(record["featuremaps"]) == set(retained)
     assert set(record["filters"]) <= {"/patch_embed/proj/Conv"}
     result.save(tmp_path / "out")
+    for layer in record["layers"]:
+        if layer["kept"] and layer["display"].endswith(".H"):
+            with Image.open(tmp_path / "out" / record["featuremaps"][layer["node"]]) as sheet:
+                assert sheet.size == (THUMBNAIL * 6, THUMBNAIL * layer["kept"])
     chain = onnx.load(str(tmp_path / "out" / "chain.onnx"))
     x = np.random.default_rng(1).standard_normal((3, 3, 64, 64)).astype(np.float32)
     assert run(session(chain), x).shape == (3, 10)  # the batch stays free

@@ -15,7 +15,11 @@ from chainx.onnx.graph import GraphIndex
 
 @dataclass
 class WeightSlice:
-    """A weight of the chain is `original[np.ix_(*axes)]`, bit for bit."""
+    """A weight of the chain is `original[np.ix_(*axes)]`, bit for bit.
+
+    A node without a weight whose units are scored (attention's softmax·V, one unit per
+    head) records `original` "" and the units it computes as `axes[1]`.
+    """
 
     node: str
     original: str
@@ -105,6 +109,10 @@ class Emitter:
             WeightSlice(node.name, original, tuple([int(i) for i in a] for a in axes))
         )
         return self.constant(original, weight[index])
+
+    def units(self, node: onnx.NodeProto, layout: np.ndarray) -> None:
+        """Record the units a weightless node computes (see WeightSlice)."""
+        self.slices.append(WeightSlice(node.name, "", ([], [int(i) for i in layout])))
 
     def copy(
         self, node: onnx.NodeProto, inputs: list[str], attrs: dict[str, object] | None = None

@@ -13,6 +13,7 @@ from chainx.chain.result import LayerGraph
 from chainx.images import Preprocessing
 from chainx.render.diagram import render_chain_diagram
 from chainx.render.featuremaps import featuremap_strips, layer_activations
+from chainx.render.token_maps import token_maps
 
 if TYPE_CHECKING:
     from chainx.scoring.activation_max import Target
@@ -34,20 +35,26 @@ def render_files(
     kept: dict[str, np.ndarray],
     multipliers: dict[str, np.ndarray],
     filter_images: int,
-    filter_layers: set[str] | None = None,
+    kinds: dict[str, str] | None = None,
 ) -> DrawnFiles:
     """The diagram, the featuremaps and (with `filter_images` > 0) the filter sheets.
 
     `kept` holds, per layer, the original indices of the filters the chain computes with a
-    non-zero score, in the chain's channel order. Featuremaps and sheets are drawn for the
-    `filter_layers` (Conv layers; all scored layers when None) that are spatial.
+    non-zero score, in the chain's channel order. `kinds` (layer → ScorePoint.kind) says
+    which layers hold image-like filters; without it every spatial layer is taken for one.
+    Featuremaps of a transformer's heads and MLP neurons are drawn on the patch grid
+    (token_maps.py); filter sheets only for filters.
     """
     names = {layer.node: layer.display for layer in graph.layers}
     source, svg = render_chain_diagram(graph, title)
     files = {"chain.gv": source.encode("utf-8"), "chain.svg": svg}
-    activations = layer_activations(chain, images, filter_layers)
+    filters = None if kinds is None else {k for k, kind in kinds.items() if kind == "filter"}
+    activations = layer_activations(chain, images, filters)
     featuremaps = {}
-    for layer, (name, png) in featuremap_strips(activations, images, prep, names).items():
+    strips = featuremap_strips(activations, images, prep, names)
+    if kinds is not None:
+        strips |= token_maps(chain, images, prep, names, kinds)
+    for layer, (name, png) in strips.items():
         featuremaps[layer] = f"featuremaps/{name}"
         files[featuremaps[layer]] = png
     filter_sheets = {}

@@ -226,6 +226,7 @@ class HeadMatMulRule(Rule):
         y = node.output[0]
         layout = np.flatnonzero(em.live(y))
         em.copy(node, [em.remapped(name, layout) for name in node.input[:2]])
+        em.units(node, layout)
         em.set(y, y, layout)
 
 

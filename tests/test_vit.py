@@ -14,8 +14,12 @@ import torch
 from PIL import Image
 
 import chainx
+from chainx.onnx.graph import GraphIndex
+from chainx.onnx.normalise import normalise
 from chainx.onnx.runtime import run, session
+from chainx.onnx.score_points import find_score_points
 from chainx.render.featuremaps import THUMBNAIL
+from chainx.scoring.importance import weight_l1
 from tools.zoo import build
 
 BLOCKS, HEADS, NEURONS = 4, 4, 64
@@ -80,3 +84,15 @@ def test_a_vit_chain_is_exact_and_named_by_block(vit: tuple[Path, Path], tmp_pat
     chain = onnx.load(str(tmp_path / "out" / "chain.onnx"))
     x = np.random.default_rng(1).standard_normal((3, 3, 64, 64)).astype(np.float32)
     assert run(session(chain), x).shape == (3, 10)  # the batch stays free
+
+
+def test_weight_l1_ranks_a_head_by_its_output_projection_columns(vit: tuple[Path, Path]) -> None:
+    model = normalise(onnx.load(str(vit[0])))
+    points = find_score_points(model)
+    ranks = weight_l1(model, points)
+    g = GraphIndex.build(model)
+    proj = next(node for node in g.nodes if node.name == "/blocks/blocks.0/attn/proj/MatMul")
+    weight = np.abs(g.constants[proj.input[1]].astype(np.float64))  # (heads · Dh, D)
+    expected = weight.sum(1).reshape(HEADS, -1).sum(1)
+    head = next(p for p in points if p.kind == "head")
+    np.testing.assert_allclose(ranks[head.layer], expected)

@@ -44,6 +44,9 @@ def weight_l1(model: onnx.ModelProto, points: list[ScorePoint]) -> Importance:
     result = {}
     for point in points:
         node = nodes[point.layer]
+        if point.kind == "head":
+            result[point.layer] = _head_output_l1(g, point)
+            continue
         weight = np.abs(g.constants[node.input[1]].astype(np.float64))
         if node.op_type == "Conv":
             per_unit = weight.reshape(weight.shape[0], -1).sum(1)
@@ -98,6 +101,26 @@ def taylor(scoring: ScoringModel, images: np.ndarray, kind: str) -> Importance:
         for point, grad in zip(scoring.points, grads, strict=True):
             total[point.layer] += grad.reshape(len(batch), -1).abs().sum(0).double().numpy()
     return {layer: value / len(images) for layer, value in total.items()}
+
+
+def _head_output_l1(g: GraphIndex, point: ScorePoint) -> np.ndarray:
+    """A head has no weight at its score point: the L1 norm of its columns of the output
+    projection (the Transpose and Reshape that merge the heads lead there)."""
+    name = point.point
+    for _ in range(len(g.nodes)):
+        readers = g.consumers.get(name, [])
+        if len(readers) != 1:
+            break
+        node = readers[0]
+        if node.op_type in {"MatMul", "Gemm"} and node.input[1] in g.constants:
+            weight = np.abs(g.constants[node.input[1]].astype(np.float64))
+            transposed = node.op_type == "Gemm" and attributes(node).get("transB", 0)
+            per_feature = weight.sum(0) if transposed else weight.sum(1)
+            return per_feature.reshape(point.channels, -1).sum(1)
+        if node.op_type not in {"Transpose", "Reshape"}:
+            break
+        name = node.output[0]
+    return np.ones(point.channels)  # no output projection found: every head alike
 
 
 def random_order(points: list[ScorePoint], seed: int) -> Importance:

@@ -32,7 +32,7 @@ def test_the_report_is_self_contained_and_complete(report: Path) -> None:
     page = report.read_text(encoding="utf-8")
     assert not re.search(r"""(src|href)=['"]?(https?:|//|file:)""", page)  # nothing external
     data = json.loads((report.parent / "chain.json").read_text())
-    sections = ("Summary", "Chain", "Strongest inference paths", "Featuremaps", "Top filters")
+    sections = ("Summary", "Chain", "Strongest inference paths", "Featuremaps", "Top units")
     for section in (*sections, "Cost"):
         assert f"<h2>{section}" in page
     assert "<svg" in page and data["paths"][0]["text"].split(" → ")[0] in page

@@ -14,11 +14,15 @@ import torch
 from PIL import Image
 
 import chainx
+from chainx.channels.surgery import shrink
+from chainx.cli.printers import print_chain_summary
+from chainx.images import Preprocessing
 from chainx.onnx.graph import GraphIndex
 from chainx.onnx.normalise import normalise
-from chainx.onnx.runtime import run, session
-from chainx.onnx.score_points import find_score_points
+from chainx.onnx.runtime import run, run_tensors, session
+from chainx.onnx.score_points import find_score_points, score_muls, scored_model
 from chainx.render.featuremaps import THUMBNAIL
+from chainx.scoring.activation_max import TILE, Target, unit_view, visualise
 from chainx.scoring.importance import weight_l1
 from tools.zoo import build
 
@@ -53,7 +57,9 @@ def vit(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return path, folder / "images"
 
 
-def test_a_vit_chain_is_exact_and_named_by_block(vit: tuple[Path, Path], tmp_path: Path) -> None:
+def test_a_vit_chain_is_exact_and_named_by_block(
+    vit: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     model, images = vit
     result = chainx.extract(model, images, steps=40, finetune_steps=10, keep_ratio=0.2, tau=0)
     record = result.to_json()
@@ -72,11 +78,19 @@ def test_a_vit_chain_is_exact_and_named_by_block(vit: tuple[Path, Path], tmp_pat
             if unit["display"].startswith("B"):
                 assert f"{unit['display']}{unit['index']}" in path["text"]
     # Every retained layer has featuremaps on the patch grid; a heads layer one row per
-    # kept head (the class token's attention). Filter sheets are for Conv filters only.
+    # kept head (the class token's attention). Every retained layer has a unit sheet, one
+    # row per top unit (4 by default).
     retained = {layer["node"]: layer["kept"] for layer in record["layers"] if layer["kept"]}
     assert set(record["featuremaps"]) == set(retained)
-    assert set(record["filters"]) <= {"/patch_embed/proj/Conv"}
+    assert set(record["filters"]) == set(retained)
     result.save(tmp_path / "out")
+    for node, kept in retained.items():
+        with Image.open(tmp_path / "out" / record["filters"][node]) as sheet:
+            assert sheet.size[1] == (TILE + 2) * min(kept, 4)
+    print_chain_summary(record)
+    line = next(line for line in capsys.readouterr().out.splitlines() if "units kept" in line)
+    for kind, plural in (("filter", "filters"), ("head", "heads"), ("neuron", "neurons")):
+        assert f"{units[kind]['kept']}/{units[kind]['total']} {plural}" in line
     for layer in record["layers"]:
         if layer["kept"] and layer["display"].endswith(".H"):
             with Image.open(tmp_path / "out" / record["featuremaps"][layer["node"]]) as sheet:
@@ -96,3 +110,32 @@ def test_weight_l1_ranks_a_head_by_its_output_projection_columns(vit: tuple[Path
     expected = weight.sum(1).reshape(HEADS, -1).sum(1)
     head = next(p for p in points if p.kind == "head")
     np.testing.assert_allclose(ranks[head.layer], expected)
+
+
+def test_activation_maximisation_excites_a_head_and_an_mlp_neuron(vit: tuple[Path, Path]) -> None:
+    # A head by its output norm, a neuron by its value, each averaged over the tokens:
+    # the optimised image excites each more than the random image it starts from.
+    model = normalise(onnx.load(str(vit[0])))
+    points = find_score_points(model)
+    multipliers = {p.layer: np.ones(p.channels, np.float32) for p in points}
+    chain = shrink(scored_model(model, points, multipliers)).model
+    head = next(p for p in points if p.kind == "head")
+    neuron = next(p for p in points if p.kind == "neuron")
+    targets = [Target(head.layer, 2, 2, "head"), Target(neuron.layer, 5, 5, "neuron")]
+    prep = Preprocessing(size=64, resize=64, mean=(0.5,) * 3, std=(0.25,) * 3, channels=3)
+    start = visualise(chain, targets, prep, steps=0)  # the random image it starts from
+    pictures = visualise(chain, targets, prep, steps=64)
+    muls = score_muls(chain)
+
+    def responses(images: np.ndarray) -> list[float]:
+        x = ((images.astype(np.float32) / 255.0 - 0.5) / 0.25).transpose(0, 3, 1, 2)
+        names = [muls[t.layer].output[0] for t in targets]
+        values = run_tensors(chain, x, names, batch_size=1)
+        units = [
+            unit_view(torch.from_numpy(values[name][i : i + 1]), t.kind)[0, t.position]
+            for i, (t, name) in enumerate(zip(targets, names, strict=True))
+        ]
+        return [float(unit.mean()) for unit in units]
+
+    excited, initial = responses(pictures), responses(start)
+    assert all(e > 1.2 * i for e, i in zip(excited, initial, strict=True)), (excited, initial)

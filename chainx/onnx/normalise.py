@@ -16,6 +16,8 @@ from chainx.onnx.passes.contrib_ops import LowerFusedOps
 from chainx.onnx.passes.explicit_auto_pad import ExplicitAutoPad
 from chainx.onnx.passes.float16 import Float16AsFloat32
 from chainx.onnx.passes.free_batch import FreeFixedBatch
+from chainx.onnx.passes.head_batch import UnmergeHeadBatch
+from chainx.onnx.passes.head_bias import BiasBeforeHeadSplit
 from chainx.onnx.passes.infer_shapes import InferShapes
 from chainx.onnx.passes.initializer_inputs import InitializerInputsAsConstants
 from chainx.onnx.passes.name_nodes import NameNodes
@@ -25,6 +27,7 @@ from chainx.onnx.passes.optimize import Optimize
 from chainx.onnx.passes.packed_projection import SplitPackedProjection
 from chainx.onnx.passes.quantised import RefuseQuantised
 from chainx.onnx.passes.select_io import SelectIO
+from chainx.onnx.passes.token_matmul import FoldTokenFlatten
 
 
 def normalise(
@@ -62,6 +65,12 @@ def normalise(
         model = InferShapes()(Optimize()(completed.model).model).model
         model = CompleteShapes()(model).model
     model = DropNeedlessAllowzero()(model).model
+    # tf2onnx's attention: Linear layers on tokens flattened, heads merged into the batch,
+    # projection biases added per head.
+    for step in (FoldTokenFlatten(), UnmergeHeadBatch(), BiasBeforeHeadSplit()):
+        changed = step(model)
+        if changed.modified:
+            model = InferShapes()(changed.model).model
     split = SplitPackedProjection()(model)
     if split.modified:
         model = InferShapes()(split.model).model

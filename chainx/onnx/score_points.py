@@ -78,8 +78,11 @@ def _reaches_output(g: GraphIndex, tensor: str) -> bool:
     return False
 
 
-# Ops a transformer's MLP applies to its hidden neurons (GELU is often Div, Erf, Add, Mul).
-ACTIVATION_OPS = frozenset("Relu Gelu Erf Div Mul Sigmoid Tanh Clip HardSwish Softplus".split())
+# Ops a transformer's MLP applies to its hidden neurons (GELU is often Div, Erf, Add, Mul;
+# its tanh form Mul, Pow, Tanh, Add).
+ACTIVATION_OPS = frozenset("Relu Gelu Erf Div Mul Pow Sigmoid Tanh Clip HardSwish Softplus".split())
+# Ops between the softmax and the MatMul by V that change nothing but unit axes or type.
+PASS_THROUGH = frozenset({"Dropout", "Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape"})
 
 
 def _is_head_output(node: onnx.NodeProto, g: GraphIndex) -> bool:
@@ -87,7 +90,9 @@ def _is_head_output(node: onnx.NodeProto, g: GraphIndex) -> bool:
     if node.op_type != "MatMul" or not all(g.is_activation(name) for name in node.input[:2]):
         return False
     weights = g.producer.get(node.input[0])
-    while weights is not None and weights.op_type in {"Dropout", "Cast", "Identity"}:
+    while weights is not None and weights.op_type in PASS_THROUGH:
+        if weights.op_type == "Reshape" and not _moves_unit_axes(weights, g):
+            return False
         weights = g.producer.get(weights.input[0])
     y = node.output[0]
     rank = len(g.shapes[y])
@@ -98,6 +103,14 @@ def _is_head_output(node: onnx.NodeProto, g: GraphIndex) -> bool:
         and g.axis[y] < rank - 2
         and all(g.axis[name] == g.axis[y] for name in node.input[:2])
     )
+
+
+def _moves_unit_axes(node: onnx.NodeProto, g: GraphIndex) -> bool:
+    """A Reshape that only adds or drops axes of size 1 (tf2onnx's einsums write them)."""
+    before, after = g.shapes.get(node.input[0]), g.shapes.get(node.output[0])
+    if before is None or after is None:
+        return False
+    return [d for d in before if d != 1] == [d for d in after if d != 1]
 
 
 def _is_token_linear(node: onnx.NodeProto, g: GraphIndex, point: str) -> bool:
@@ -111,8 +124,26 @@ def _is_token_linear(node: onnx.NodeProto, g: GraphIndex, point: str) -> bool:
         and rank == 3
         and g.axis.get(point) == rank - 1
         and bool(readers)
-        and all(reader.op_type in ACTIVATION_OPS for reader in readers)
+        and all(
+            reader.op_type in ACTIVATION_OPS
+            or (reader.op_type == "Add" and _computed_from(reader, point, g))
+            for reader in readers
+        )
     )
+
+
+def _computed_from(node: onnx.NodeProto, point: str, g: GraphIndex, depth: int = 6) -> bool:
+    """Whether every input of `node` is `point`, a constant, or computed from them alone by
+    activation ops: the Add inside GELU's tanh form, x + 0.044715·x³, not a residual Add."""
+    for name in node.input:
+        if name == point or name in g.constants:
+            continue
+        source = g.producer.get(name)
+        if source is None or depth == 0 or source.op_type not in ACTIVATION_OPS | {"Add"}:
+            return False
+        if not _computed_from(source, point, g, depth - 1):
+            return False
+    return True
 
 
 def _scorable(node: onnx.NodeProto, g: GraphIndex) -> bool:

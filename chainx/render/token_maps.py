@@ -3,7 +3,8 @@
 - A block's MLP (`B3.M`): the SMOE scale of its kept neurons at each patch token, laid over
   the image as a CNN layer's is (featuremaps.py).
 - A block's heads (`B3.H`): for each kept head, its attention from the class token to the
-  patches, one row per head.
+  patches, one row per head; without a class token (a Keras ViT pools the tokens' mean),
+  the attention each patch receives, averaged over the tokens that attend.
 
 Tokens sit on a square grid after an optional class token first (timm and torchvision put
 it there); a layer whose token count fits neither is not drawn.
@@ -118,15 +119,17 @@ def _mlp_rows(value: np.ndarray, pictures: list[np.ndarray]) -> list[list[Image.
 
 
 def _head_rows(value: np.ndarray, pictures: list[np.ndarray]) -> list[list[Image.Image]]:
-    """One row per kept head: each image with the class token's attention to the patches."""
-    if value.ndim != 4 or (grid := _grid(value.shape[-1])) is None or grid[0] != 1:
+    """One row per kept head: each image with the class token's attention to the patches
+    (or, without a class token, the mean attention each patch receives)."""
+    if value.ndim != 4 or (grid := _grid(value.shape[-1])) is None:
         return []
-    side = grid[1]
+    first, side = grid
     rows = []
     for head in range(value.shape[1]):
         tiles = []
         for picture, attention in zip(pictures, value[:, head], strict=True):
-            weights = attention[0, 1:].reshape(side, side).astype(np.float64)
+            received = attention[0, 1:] if first else attention.mean(axis=0)
+            weights = received.reshape(side, side).astype(np.float64)
             spread = weights.max() - weights.min()
             heat = (weights - weights.min()) / spread if spread > 0 else np.zeros_like(weights)
             tiles.append(overlay(picture, heat))

@@ -11,7 +11,8 @@ from chainx.onnx.graph import GraphIndex, attributes
 
 
 class BinaryRule(Rule):
-    """Add, Sub, Mul and Div between activations of one width, or with a per-channel constant."""
+    """Add, Sub, Mul and Div between activations of one width, or with a per-channel
+    constant; Pow of an activation by a constant exponent (GELU's tanh form cubes)."""
 
     frozen = False
     any_axis = True
@@ -35,6 +36,8 @@ class BinaryRule(Rule):
                 return False
             elif node.op_type == "Div" and position == 0:
                 return False
+        if node.op_type == "Pow":
+            return g.is_activation(node.input[0]) and not g.is_activation(node.input[1])
         return True
 
     def _operand_zero(self, name: str, y: str, g: GraphIndex, zero: Masks) -> np.ndarray:
@@ -49,6 +52,8 @@ class BinaryRule(Rule):
             zero[y] = np.logical_and(*operands)
         elif node.op_type == "Mul":
             zero[y] = np.logical_or(*operands)
+        elif node.op_type == "Pow":  # 0^e is 0 only for e > 0
+            zero[y] = operands[0] & (g.channel_values(g.constants[node.input[1]], y) > 0)
         else:
             zero[y] = operands[0]
 
@@ -59,9 +64,12 @@ class BinaryRule(Rule):
             for name in node.input
         )
         with np.errstate(all="ignore"):
-            const[y] = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}.get(
-                node.op_type, np.divide
-            )(a, b)
+            const[y] = {
+                "Add": np.add,
+                "Sub": np.subtract,
+                "Mul": np.multiply,
+                "Pow": np.power,
+            }.get(node.op_type, np.divide)(a, b)
 
     def needs(self, node: onnx.NodeProto, g: GraphIndex, zero: Masks, need: Masks) -> None:
         y = node.output[0]

@@ -15,10 +15,10 @@ EXACTNESS = 1e-4  # relative to max |logit|, as in `chainx verify`
 
 VITS = ("vit_small", "timm/vit_small", "timm/deit_small", "keras/ViT")
 
-# Ops these families still freeze, and why (docs/zoo.md): ConvNeXt normalises over the
-# channels of an NHWC tensor, which the channel-axis-1 analysis does not follow.
+# Ops these families still freeze, and why (docs/zoo.md): ConvNeXt's LayerNorm mixes every
+# channel of its channels-last maps (the dynamo export also reshapes around it).
 KNOWN_FROZEN = {
-    "convnext_tiny": {"Add", "LayerNormalization", "MatMul", "Reshape", "Transpose"},
+    "convnext_tiny": {"LayerNormalization", "Reshape"},
     # A transformer's residual stream: LayerNorm mixes every channel of it, so the patch
     # embedding, the class token and every residual Add carry the full width.
     **{

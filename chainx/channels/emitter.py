@@ -190,13 +190,15 @@ class Emitter:
         shape = list(self.g.shapes[tensor])
         shape[self.g.axis[tensor]] = channels
         base = f"{tensor}_chainx_zeros"
-        if all(d is not None for d in shape):
-            return self.constant(base, np.zeros(shape, np.float32))
         if any(d is None for d in shape[1:]):
             raise ValueError(f"{tensor!r} has an unknown size other than its batch")
-        batch = self.dims(self.g.input_name, 0, 1, base)
-        rest = self.constant(f"{base}_shape", np.array(shape[1:], np.int64))
-        full = self.node("Concat", [batch, rest], base, axis=0)
+        if shape[0] is not None:
+            # A shape, not a tensor of zeros: the chain's file holds no parameters for it.
+            full = self.constant(f"{base}_shape", np.array(shape, np.int64))
+        else:
+            batch = self.dims(self.g.input_name, 0, 1, base)
+            rest = self.constant(f"{base}_shape", np.array(shape[1:], np.int64))
+            full = self.node("Concat", [batch, rest], base, axis=0)
         return self.node(
             "ConstantOfShape",
             [full],

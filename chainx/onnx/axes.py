@@ -161,8 +161,10 @@ def output_axis(
         return _reduced_axis(node, axis[x], rank_in, constants)
     if op == "Reshape" and x in shapes:
         in_shape, out_shape = shapes[x], shapes[node.output[0]]
-        if axis[x] == rank_in - 1 and rank_out >= 2 and in_shape[-1] == out_shape[-1] != 1:
-            return rank_out - 1  # leading axes merged or split, the last one kept
+        last = in_shape[-1]
+        if axis[x] == rank_in - 1 and rank_out >= 2 and last not in (None, 1):
+            if out_shape[-1] == last:
+                return rank_out - 1  # leading axes merged or split, the last one kept
         if axis[x] == rank_in - 1 and rank_in >= 3 and head_split(in_shape, out_shape):
             return rank_out - 2
         if axis[x] == rank_in - 2 and merge_heads(in_shape, out_shape):

@@ -187,6 +187,17 @@ def test_merged_heads_read_by_another_op_stay_merged() -> None:
     np.testing.assert_array_equal(outputs(unmerged), outputs(model))
 
 
+def test_a_group_joined_after_one_of_its_merges_was_read_elsewhere_stays_merged() -> None:
+    # v's merged values are also an output (read as they are), before the MatMul by the
+    # softmax joins v's group to the softmax's: neither may change shape.
+    text = BLOCK.replace("=> (float[N, 4, 4] y)", "=> (float[N, 4, 4] y, float[M, 2, 4] vr)")
+    text = text.replace("vmt = Transpose", "vr = Relu (vm)\n    vmt = Transpose")
+    unmerged = UnmergeHeadBatch()(build(text, SHAPES, VALUES)).model
+    assert shape_constant(unmerged, "vm") == [-1, SIZE, TOKENS]
+    assert shape_constant(unmerged, "am") == [-1, TOKENS, TOKENS]
+    assert shape_constant(unmerged, "qm") == [-1, HEADS, TOKENS, SIZE]  # a group apart
+
+
 def test_a_per_head_bias_moves_before_the_head_split_bit_for_bit() -> None:
     model = block()
     result = BiasBeforeHeadSplit()(block())

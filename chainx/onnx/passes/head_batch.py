@@ -47,7 +47,7 @@ class UnmergeHeadBatch(ModelPass):
                 name = parent[name]
             return name
 
-        poisoned: set[str] = set()
+        poisoned: set[str] = set()  # members of groups that must stay merged
         outputs = {output.name for output in model.graph.output}
         lifted: dict[str, list[int]] = {}  # Transpose name → its perm with the extra axis
         for node in model.graph.node:  # topological order
@@ -71,10 +71,11 @@ class UnmergeHeadBatch(ModelPass):
                 shape = constants.get(node.input[1])
                 if shape is not None and not (shape == 0).any():
                     continue
-            poisoned |= {find(root[name]) for name in merged}
-        for name in outputs & set(root):
-            poisoned.add(find(root[name]))
-        chosen = {name for name in heads if find(name) not in poisoned}
+            poisoned |= {root[name] for name in merged}
+        poisoned |= {root[name] for name in outputs & set(root)}
+        # Groups joined after one of their members was poisoned are poisoned whole.
+        stay = {find(name) for name in poisoned}
+        chosen = {name for name in heads if find(name) not in stay}
         if not chosen:
             return PassResult(model, modified=False)
         groups = {find(name) for name in chosen}

@@ -131,6 +131,28 @@ def with_nodes(
     return result
 
 
+def with_replaced(
+    model: onnx.ModelProto,
+    replaced: dict[str, list[onnx.NodeProto]],
+    dropped: set[str],
+    initializers: list[onnx.TensorProto],
+) -> onnx.ModelProto:
+    """A copy of `model` in which each node named in `replaced` becomes its new nodes, in
+    place, those named in `dropped` go, `initializers` are added, and initializers no node
+    reads any longer go too."""
+    nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        if node.name in replaced:
+            nodes.extend(replaced[node.name])
+        elif node.name not in dropped:
+            nodes.append(node)
+    result = with_nodes(model, nodes, initializers)
+    read = {name for node in nodes for name in node.input}
+    for init in [i for i in result.graph.initializer if i.name not in read]:
+        result.graph.initializer.remove(init)
+    return result
+
+
 def fixed_batch(model: onnx.ModelProto) -> int | None:
     """The batch size the image input fixes (a model exported for a batch of 1 bakes the 1
     into its Reshapes), or None where the batch is free."""

@@ -14,6 +14,7 @@ import math
 import onnx
 from onnx import helper, numpy_helper
 
+from chainx.onnx.graph import with_replaced
 from chainx.onnx.passes.base import ModelPass, PassResult
 from chainx.onnx.passes.infer_shapes import static_shapes
 
@@ -33,6 +34,7 @@ class BiasBeforeHeadSplit(ModelPass):
         outputs = {output.name for output in model.graph.output}
         moved: dict[str, list[onnx.NodeProto]] = {}  # Reshape name → Add, Reshape
         dropped: set[str] = set()
+        added: list[onnx.TensorProto] = []
         for node in model.graph.node:
             if node.op_type != "Add" or len(node.input) != 2:
                 continue
@@ -51,7 +53,7 @@ class BiasBeforeHeadSplit(ModelPass):
             if math.prod(values.shape) != source[-1] or result[: -values.ndim] != source[:-1]:
                 continue
             flat = f"{bias}_{node.name}_flat"
-            model.graph.initializer.append(numpy_helper.from_array(values.reshape(-1), flat))
+            added.append(numpy_helper.from_array(values.reshape(-1), flat))
             biased = f"{split.input[0]}_{node.name}_biased"
             moved[split.name] = [
                 helper.make_node("Add", [split.input[0], flat], [biased], name=node.name),
@@ -62,16 +64,6 @@ class BiasBeforeHeadSplit(ModelPass):
             dropped.add(node.name)
         if not moved:
             return PassResult(model, modified=False)
-        nodes: list[onnx.NodeProto] = []
-        for node in model.graph.node:
-            if node.name in moved:
-                nodes.extend(moved[node.name])
-            elif node.name not in dropped:
-                nodes.append(node)
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        read = {name for node in nodes for name in node.input}
-        for init in [i for i in model.graph.initializer if i.name not in read]:
-            model.graph.initializer.remove(init)
-        del model.graph.value_info[:]  # inferred again by the caller
-        return PassResult(model, modified=True)
+        result = with_replaced(model, moved, dropped, added)
+        del result.graph.value_info[:]  # inferred again by the caller
+        return PassResult(result, modified=True)

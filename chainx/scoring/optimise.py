@@ -140,7 +140,7 @@ def _finetune(
     return best[2]
 
 
-def _objective(
+def region_objective(
     scoring: ScoringModel, images: np.ndarray, kind: str, settings: OptimiseSettings
 ) -> tuple[Objective, OptimiseSettings, float]:
     """The scoring model on the settings' device, the region's objective there, the
@@ -207,7 +207,7 @@ def optimise(
     torch.manual_seed(settings.seed)
     started = time.perf_counter()
     requested_lam = settings.lam
-    objective, settings, signal = _objective(scoring, images, kind, settings)
+    objective, settings, signal = region_objective(scoring, images, kind, settings)
     history: list[StepReport] = []
 
     def report(phase: str, step: int, total: int, loss: float, kl: float, agree: float) -> None:
@@ -256,19 +256,9 @@ def optimise(
 
     if recorder is not None:
         recorder.finish(steps)
-    if settings.keep_ratio is not None and not settings.gradual:
-        # Fine-tune everything above τ first, then cut to the budget and fine-tune again:
-        # the scores the first fine-tuning settles rank the filters better than phase 1's.
-        _threshold(scoring, settings, requested_lam, history, by_budget=False)
-        _finetune(scoring, objective, params, settings, report)
-        _threshold(scoring, settings, requested_lam, history)
-        final = _finetune(scoring, objective, params, settings, report, "fine-tune (budget)")
-    else:
-        _threshold(scoring, settings, requested_lam, history)
-        final = _finetune(scoring, objective, params, settings, report)
-
+    final = threshold_and_finetune(scoring, objective, settings, requested_lam, history, report)
     gates = torch.sigmoid(scoring.gates).detach().cpu().numpy()
-    multipliers = _as_arrays(scoring, final)
+    multipliers = as_arrays(scoring, final)
     cuts = _frontier_cuts(scoring, objective, params, settings, recorder, report)
     return OptimiseResult(
         multipliers=multipliers,
@@ -282,7 +272,30 @@ def optimise(
     )
 
 
-def _as_arrays(scoring: ScoringModel, values: list[torch.Tensor]) -> dict[str, np.ndarray]:
+def threshold_and_finetune(
+    scoring: ScoringModel,
+    objective: Objective,
+    settings: OptimiseSettings,
+    requested_lam: float,
+    history: list[StepReport],
+    report: Callable[[str, int, int, float, float, float], None],
+) -> list[torch.Tensor]:
+    """What follows phase 1, from the scores as they are: the mask, then phase 2; returns
+    the best multipliers seen. `settings` are the scaled ones (`region_objective`);
+    `requested_lam` and `history` only word the error when nothing is kept."""
+    params = [*scoring.scores, scoring.gates]
+    if settings.keep_ratio is not None and not settings.gradual:
+        # Fine-tune everything above τ first, then cut to the budget and fine-tune again:
+        # the scores the first fine-tuning settles rank the filters better than phase 1's.
+        _threshold(scoring, settings, requested_lam, history, by_budget=False)
+        _finetune(scoring, objective, params, settings, report)
+        _threshold(scoring, settings, requested_lam, history)
+        return _finetune(scoring, objective, params, settings, report, "fine-tune (budget)")
+    _threshold(scoring, settings, requested_lam, history)
+    return _finetune(scoring, objective, params, settings, report)
+
+
+def as_arrays(scoring: ScoringModel, values: list[torch.Tensor]) -> dict[str, np.ndarray]:
     return {
         point.layer: m.detach().cpu().numpy().astype(np.float32)
         for point, m in zip(scoring.points, values, strict=True)
@@ -307,7 +320,7 @@ def _frontier_cuts(
         if not any(mask.any() for mask in scoring.masks):
             continue  # nothing left to keep at this budget
         final = _finetune(scoring, objective, params, settings, report, f"keep {budget:g}")
-        cuts.append(FrontierCut(budget, _as_arrays(scoring, final), source, state.step))
+        cuts.append(FrontierCut(budget, as_arrays(scoring, final), source, state.step))
     return cuts
 
 
@@ -329,7 +342,7 @@ def finetune_selection(
     methods are compared at the same physical size.
     """
     # The margin scaled to the region's signal, as NeuroChains' own fine-tuning used it.
-    objective, settings, _ = _objective(scoring, images, kind, settings)
+    objective, settings, _ = region_objective(scoring, images, kind, settings)
     kept = [torch.from_numpy(selection[p.layer] != 0).to(settings.device) for p in scoring.points]
     with torch.no_grad():
         for score, mask in zip(scoring.scores, kept, strict=True):
@@ -345,7 +358,4 @@ def finetune_selection(
                     score.copy_(torch.where(mask, score.clamp(min=min_score), score))
 
     final = _finetune(scoring, objective, [*scoring.scores, scoring.gates], settings, floor)
-    return {
-        point.layer: m.detach().cpu().numpy().astype(np.float32)
-        for point, m in zip(scoring.points, final, strict=True)
-    }
+    return as_arrays(scoring, final)

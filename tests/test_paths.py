@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import onnx
 import pytest
@@ -30,6 +32,64 @@ def test_the_strongest_path_follows_the_largest_shares() -> None:
     assert paths[0].strength == 0.5
     assert [p.strength for p in paths] == sorted((p.strength for p in paths), reverse=True)
     assert all(p.filters[-1] == ("c", 4) for p in paths)
+
+
+def _all_paths(
+    links: dict[tuple[str, str], np.ndarray], kept: dict[str, np.ndarray], order: list[str]
+) -> list[tuple[float, tuple[tuple[str, int], ...]]]:
+    """Every path by enumeration: from a layer without incoming links to one without
+    outgoing links, its strength the product of its links' shares."""
+    shares = {
+        pair: w / np.maximum(w.sum(axis=0, keepdims=True), 1e-12) for pair, w in links.items()
+    }
+    targets = {b for _, b in links}
+
+    def walk(layer: str, j: int, strength: float, filters: tuple) -> list:
+        here = (*filters, (layer, int(kept[layer][j])))
+        onward = [(b, share) for (a, b), share in shares.items() if a == layer]
+        if not onward:
+            return [(strength, here)] if len(here) > 1 and strength > 0 else []
+        return [
+            found
+            for b, share in onward
+            for i in range(share.shape[1])
+            for found in walk(b, i, strength * share[j, i], here)
+        ]
+
+    starts = [layer for layer in order if layer not in targets]
+    found = [
+        p for layer in starts for j in range(len(kept[layer])) for p in walk(layer, j, 1.0, ())
+    ]
+    return sorted(found, key=lambda item: -item[0])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_beam_search_finds_the_strongest_of_all_paths(seed: int) -> None:
+    """On graphs small enough that every partial path fits in the beam, the search is exact:
+    its paths are the strongest of the full enumeration, in order."""
+    rng = np.random.default_rng(seed)
+    order = ["l0", "l1", "l2", "l3"]
+    kept = {layer: np.sort(rng.choice(16, size=3, replace=False)) for layer in order}
+    pairs = [("l0", "l1"), ("l1", "l2"), ("l0", "l2"), ("l2", "l3")]
+    # Some links are zero: a filter that feeds nothing ends no path.
+    links = {pair: rng.random((3, 3)) * (rng.random((3, 3)) > 0.3) for pair in pairs}
+    expected = _all_paths(links, kept, order)
+    found = strongest_paths(links, kept, order, count=20)
+    assert len(found) == min(20, len(expected))
+    for path, (strength, filters) in zip(found, expected, strict=False):
+        assert path.filters == filters
+        assert path.strength == pytest.approx(strength, rel=1e-12)
+
+
+def test_wide_layers_are_searched_in_blocks_with_the_same_paths(monkeypatch) -> None:
+    rng = np.random.default_rng(0)
+    order = ["a", "b", "c", "d"]
+    kept = {layer: np.arange(40) for layer in order}
+    links = {(a, b): rng.random((40, 40)) ** 4 for a, b in pairwise(order)}
+    whole = strongest_paths(links, kept, order, count=50)
+    monkeypatch.setattr(paths, "CANDIDATE_BLOCK", 1000)  # a few columns per block
+    assert strongest_paths(links, kept, order, count=50) == whole
+    assert len(whole) == 50 and len({p.filters for p in whole}) == 50
 
 
 def test_links_follow_the_weights_of_the_chain() -> None:

@@ -66,3 +66,25 @@ def test_threads_leave_the_busy_cores_to_their_jobs() -> None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_freed_memory_is_kept_on_glibc() -> None:
     assert keep_freed_memory()
+
+
+def test_one_thread_count_serves_torch_and_onnxruntime() -> None:
+    """In a child process: the count changes process-wide state that later tests would see."""
+    code = (
+        "import onnx, torch\n"
+        "from onnx import helper\n"
+        "from chainx.onnx.runtime import session\n"
+        "from chainx.scoring.device import set_threads\n"
+        "x = helper.make_tensor_value_info('x', onnx.TensorProto.FLOAT, [1])\n"
+        "y = helper.make_tensor_value_info('y', onnx.TensorProto.FLOAT, [1])\n"
+        "graph = helper.make_graph([helper.make_node('Relu', ['x'], ['y'])], 'g', [x], [y])\n"
+        "model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])\n"
+        "model.ir_version = 8\n"
+        "before = session(model).get_session_options().intra_op_num_threads\n"
+        "set_threads(1)\n"
+        "after = session(model).get_session_options().intra_op_num_threads\n"
+        "chosen = session(model, threads=2).get_session_options().intra_op_num_threads\n"
+        "print(before, torch.get_num_threads(), after, chosen)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0", "1", "1", "2"]

@@ -58,18 +58,30 @@ def _providers() -> tuple[str, ...]:
     return ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
+# Intra-op threads of a session that does not choose (0: onnxruntime's choice, every core).
+_process_threads = 0
+
+
+def use_threads(threads: int) -> None:
+    """Give later sessions `threads` intra-op threads, the count torch was given: onnxruntime's
+    threads spin while they wait, as OpenMP's do, so on a busy machine (a sweep's workers,
+    --threads 1) taking every core slows this job and the others."""
+    global _process_threads
+    _process_threads = threads
+
+
 def session(
     model: onnx.ModelProto | Path,
     optimised: bool = False,
     cpu: bool = False,
     quiet: bool = False,
-    threads: int = 0,
+    threads: int | None = None,
 ) -> ort.InferenceSession:
     """`quiet` for a probe that may fail: onnxruntime then logs nothing, not even errors;
-    `threads` intra-op threads (0: onnxruntime's choice)."""
+    `threads` intra-op threads (None: the process's, `use_threads`; 0: onnxruntime's choice)."""
     options = ort.SessionOptions()
     options.log_severity_level = 4 if quiet else 3
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = _process_threads if threads is None else threads
     if not optimised:
         # With fusions off a difference in the graph cannot hide behind a rewrite.
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

@@ -109,7 +109,8 @@ def link_weights(
     targets = {a: [b for s, b in pairs if s == a] for a in sources}
     between = {a: _between(chain, scored[a], [scored[b] for b in targets[a]]) for a in sources}
     between = {a: part for a, part in between.items() if part.outputs}
-    sessions = {a: session(part.model, cpu=True) for a, part in between.items()}
+    # Links are measurements, not checks: onnxruntime's fusions may run (1e-6 relative).
+    sessions = {a: session(part.model, optimised=True, cpu=True) for a, part in between.items()}
     layer_of = {name: layer for layer, name in scored.items()}
     axis_of = {name: (axes or {}).get(layer, 1) for layer, name in scored.items()}
     image = chain.graph.input[0].name
@@ -125,7 +126,13 @@ def link_weights(
         values[image] = piece
         for a, part in between.items():
             fed = {name: values[name] for name in part.inputs}
-            reference = {name: _mean_response(values[name], axis_of[name]) for name in part.outputs}
+            # The reference from the same session: an unreached filter's response is then
+            # the same bits with and without the ablation, its link exactly 0.
+            unchanged = sessions[a].run(part.outputs, {**fed, part.source: values[part.source]})
+            reference = {
+                name: _mean_response(value, axis_of[name])
+                for name, value in zip(part.outputs, unchanged, strict=True)
+            }
             for position in sources_of[a]:
                 off = values[part.source].copy()
                 np.moveaxis(off, axis_of[part.source], 1)[:, position] = 0.0

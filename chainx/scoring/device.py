@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from chainx.errors import ChainxError
+from chainx.onnx.runtime import use_threads
 
 
 def resolve_device(device: str) -> str:
@@ -20,4 +21,6 @@ def gpu_count() -> int:
 
 
 def set_threads(threads: int) -> None:
+    """torch's threads and onnxruntime's, one count for the process."""
     torch.set_num_threads(threads)
+    use_threads(threads)

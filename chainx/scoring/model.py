@@ -65,6 +65,13 @@ class ScoringModel(nn.Module):
         self.masks = [torch.ones(point.channels, dtype=torch.bool) for point in points]
         self.fixed_batch = fixed_batch(model)
 
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 (nn.Module's own signature)
+        # The masks are plain tensors, reassigned whole by the optimiser, so not buffers:
+        # `.to(device)` must move them with the scores all the same.
+        super()._apply(fn, recurse)
+        self.masks = [fn(mask) for mask in self.masks]
+        return self
+
     def multipliers(self) -> list[torch.Tensor]:
         gates = torch.sigmoid(self.gates)
         return [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -10,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_gpu_check_runs_short_on_the_cpu() -> None:
     result = subprocess.run(
-        ["bash", "tools/gpu_check.sh", "--device", "cpu", "--short", "--no-install"],
+        # --python, as on the H200, whose own python held torch: chainx as `python -m chainx`
+        ["bash", "tools/gpu_check.sh", "--device", "cpu", "--short", "--python", sys.executable],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -6,28 +6,33 @@
 #
 #   bash tools/gpu_check.sh                       # on the GPU machine
 #   bash tools/gpu_check.sh --device cpu --short  # the same steps, small, on a CPU (CI)
+#   PYTHONPATH=$PWD:/tmp/site bash tools/gpu_check.sh --python python3  # no package index
 #
 # --short: ResNet-18 at 64 px on 4 images with 20 + 5 steps, the step at batch 4 and a
-# 2-trial sweep of the MNIST sample; --no-install: use the existing .venv.
+# 2-trial sweep of the MNIST sample; --no-install: use the existing .venv; --python PATH:
+# use this interpreter and install nothing, for a machine that cannot reach a package
+# index but whose python has torch (chainx's other packages carried as wheels onto
+# PYTHONPATH, as docs/performance.md section 5 did on the H200).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 device=cuda
 short=0
 install=1
+py=.venv/bin/python
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --device) device="$2"; shift 2 ;;
         --short) short=1; shift ;;
         --no-install) install=0; shift ;;
-        *) echo "gpu_check.sh: unknown option $1 (--device cpu|cuda, --short, --no-install)" >&2; exit 2 ;;
+        --python) py="$2"; install=0; shift 2 ;;
+        *) echo "gpu_check.sh: unknown option $1 (--device cpu|cuda, --short, --no-install, --python PATH)" >&2; exit 2 ;;
     esac
 done
 
 if [[ $install == 1 ]]; then
     bash tools/setup.sh
 fi
-py=.venv/bin/python
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 declare -a rows
@@ -74,7 +79,7 @@ done
 
 echo "== extract: $images images, $steps + $finetune steps"
 mark=$(date +%s%N)
-.venv/bin/chainx extract "$work/model.onnx" "$work/region" --size "$size" --resize "$size" \
+$py -m chainx extract "$work/model.onnx" "$work/region" --size "$size" --resize "$size" \
     --steps "$steps" --finetune-steps "$finetune" --keep-ratio 0.05 --filter-images 0 --device "$device" \
     --out "$work/chain" >"$work/extract.log" 2>&1 || { cat "$work/extract.log"; exit 1; }
 extract_s=$(since "$mark")
@@ -89,7 +94,7 @@ rows+=("scored step / plain step, batch $batch|$ratio ($step_ms ms a step)")
 
 echo "== sweep: $trials trials of the MNIST sample, $workers worker(s)"
 mark=$(date +%s%N)
-.venv/bin/chainx sweep sample_models/mnist_resnet.onnx sample_models/mnist_holdout \
+$py -m chainx sweep sample_models/mnist_resnet.onnx sample_models/mnist_holdout \
     --trials "$trials" --workers "$workers" --per-class 5 --resize 28 --steps 100 \
     --finetune-steps 20 --device "$device" --out "$work/sweep" >"$work/sweep.log" 2>&1 ||
     { cat "$work/sweep.log"; exit 1; }

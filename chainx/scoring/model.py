@@ -63,6 +63,11 @@ class ScoringModel(nn.Module):
         self.gate_init = gate_init
         self.gates = nn.Parameter(torch.full((len(points),), gate_init))
         self.masks = [torch.ones(point.channels, dtype=torch.bool) for point in points]
+        self.channels = [point.channels for point in points]
+        # Each filter's layer, to compute every multiplier in one pass: a handful of kernel
+        # launches a step instead of several per layer, which bound the step on a GPU.
+        layer_of_filter = torch.arange(len(points)).repeat_interleave(torch.tensor(self.channels))
+        self.register_buffer("layer_of_filter", layer_of_filter, persistent=False)
         self.fixed_batch = fixed_batch(model)
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 (nn.Module's own signature)
@@ -73,11 +78,11 @@ class ScoringModel(nn.Module):
         return self
 
     def multipliers(self) -> list[torch.Tensor]:
-        gates = torch.sigmoid(self.gates)
-        return [
-            score * gates[i] * mask.to(score.dtype)
-            for i, (score, mask) in enumerate(zip(self.scores, self.masks, strict=True))
-        ]
+        """Per layer, score × the layer's gate × mask: the same products as one per layer."""
+        scores = torch.cat(list(self.scores))
+        gates = torch.sigmoid(self.gates)[self.layer_of_filter]
+        masks = torch.cat(self.masks).to(scores.dtype)
+        return list(torch.split(scores * gates * masks, self.channels))
 
     def run(self, x: torch.Tensor, multipliers: list[torch.Tensor]) -> torch.Tensor:
         shaped = [m.reshape(point.shape) for m, point in zip(multipliers, self.points, strict=True)]

@@ -177,9 +177,7 @@ class Objective:
             agree += int((log_q.argmax(-1) == target.argmax(-1)).sum())
         loss = kl_total
         if lam:
-            scores = torch.cat(
-                [s * m for s, m in zip(self.scoring.scores, self.scoring.masks, strict=True)]
-            )
+            scores = torch.cat(list(self.scoring.scores)) * torch.cat(self.scoring.masks)
             l1 = lam * scores.abs().mean()
             l1.backward()
             loss += float(l1.detach())

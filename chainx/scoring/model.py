@@ -79,8 +79,6 @@ class ScoringModel(nn.Module):
 
     def multipliers(self) -> list[torch.Tensor]:
         """Per layer, score × the layer's gate × mask: the same products as one per layer."""
-        if not self.channels:
-            return []
         scores = torch.cat(list(self.scores))
         gates = torch.sigmoid(self.gates)[self.layer_of_filter]
         masks = torch.cat(self.masks).to(scores.dtype)

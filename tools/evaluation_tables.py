@@ -24,8 +24,9 @@ from typing import Any
 
 from chainx.chain.metrics import mean_ci
 from chainx.sweep.frontier_summary import (
-    CHANCE_KEYS,
     CLASS_AGREEMENT_KEYS,
+    at_budget,
+    chance_floor,
     ci_cell,
     entry_value,
     paired_or_none,
@@ -95,24 +96,16 @@ def _paired_lines(frontier: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _floor(record: dict[str, Any], method: str) -> float | None:
-    """The chance floor of the model the method's chains were cut from, in this trial."""
-    entries = record["methods"].get(method, {}).get("frontier") or [{}]
-    return entry_value(entries[0], CHANCE_KEYS, 100)
-
-
 def _above_floor(record: dict[str, Any], method: str, ratio: float) -> float | None:
-    entries = record["methods"].get(method, {}).get("frontier") or []
-    entry = next((e for e in entries if e["keep_ratio"] == ratio), None)
-    value = entry_value(entry or {}, CLASS_AGREEMENT_KEYS, 100)
-    floor = _floor(record, method)
+    value = entry_value(at_budget(record, method, ratio) or {}, CLASS_AGREEMENT_KEYS, 100)
+    floor = chance_floor(record, [method])
     return None if value is None or floor is None else value - floor
 
 
 def _control_lines(records: list[dict[str, Any]], frontier: dict[str, Any]) -> list[str]:
     lines = []
     for control in (c for c in CONTROLS if c in frontier["methods"]):
-        floors = [f for r in records if (f := _floor(r, control)) is not None]
+        floors = [f for r in records if (f := chance_floor(r, [control])) is not None]
         cells = [
             f"keep {r['keep_ratio']:g} {_cell(r, CLASS_AGREEMENT)}"
             for r in frontier["methods"][control]

@@ -43,7 +43,7 @@ def _frontier_methods(records: list[dict[str, Any]]) -> list[str]:
     return names
 
 
-def _at_budget(record: dict[str, Any], method: str, keep_ratio: float) -> dict[str, Any] | None:
+def at_budget(record: dict[str, Any], method: str, keep_ratio: float) -> dict[str, Any] | None:
     return next((e for e in _frontier(record, method) if e["keep_ratio"] == keep_ratio), None)
 
 
@@ -52,7 +52,7 @@ def _budget_rows(records: list[dict[str, Any]], method: str) -> list[dict[str, A
     ratios = sorted({e["keep_ratio"] for r in records for e in _frontier(r, method)}, reverse=True)
     rows = []
     for ratio in ratios:
-        entries = [e for r in records if (e := _at_budget(r, method, ratio)) is not None]
+        entries = [e for r in records if (e := at_budget(r, method, ratio)) is not None]
         row: dict[str, Any] = {"keep_ratio": ratio, "trials": len(entries)}
         for column, keys, scale, _ in COLUMNS:
             values = [v for e in entries if (v := entry_value(e, keys, scale)) is not None]
@@ -90,8 +90,9 @@ def paired_or_none(
     return paired_test([a for a, _ in known], [b for _, b in known])
 
 
-def _chance(record: dict[str, Any], methods: list[str]) -> float | None:
-    """The trial's chance floor; the original's, so any method's entry holds it."""
+def chance_floor(record: dict[str, Any], methods: list[str]) -> float | None:
+    """The trial's chance floor of the model the first of `methods` was cut from: the
+    original's for NeuroChains and the baselines, the random network's for random-weights."""
     for method in methods:
         for entry in _frontier(record, method):
             if (value := entry_value(entry, CHANCE_KEYS, 100)) is not None:
@@ -106,7 +107,7 @@ def summarise_frontier(records: list[dict[str, Any]]) -> dict[str, Any] | None:
         return None
     trials = [t for r in records if (t := trial_aucs(r, methods)) is not None]
     aucs = {method: [t["auc"].get(method) for t in trials] for method in methods}
-    chances = [c for r in records if (c := _chance(r, methods)) is not None]
+    chances = [c for r in records if (c := chance_floor(r, methods)) is not None]
     ratios = sorted(
         {e["keep_ratio"] for r in records for m in methods for e in _frontier(r, m)}, reverse=True
     )
@@ -117,8 +118,8 @@ def summarise_frontier(records: list[dict[str, Any]]) -> dict[str, Any] | None:
         for ratio in ratios:
             pairs = [
                 (
-                    entry_value(_at_budget(r, CHAIN, ratio) or {}, CLASS_AGREEMENT_KEYS, 100),
-                    entry_value(_at_budget(r, method, ratio) or {}, CLASS_AGREEMENT_KEYS, 100),
+                    entry_value(at_budget(r, CHAIN, ratio) or {}, CLASS_AGREEMENT_KEYS, 100),
+                    entry_value(at_budget(r, method, ratio) or {}, CLASS_AGREEMENT_KEYS, 100),
                 )
                 for r in records
             ]

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from conftest import SAMPLE_MODEL, SAMPLE_REGION
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -65,6 +65,7 @@ def run_extract(model: Path, images: Path, out: Path) -> None:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(edits)
+@example([("flip", 999989, 32)])  # the opset version: once an internal ValueError
 def test_a_mutated_model_is_handled(changes: list[tuple[str, int, int]]) -> None:
     with tempfile.TemporaryDirectory() as folder:
         model = Path(folder) / "model.onnx"

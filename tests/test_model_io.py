@@ -81,6 +81,17 @@ def test_truncated_model_is_a_clear_error(tmp_path: Path, cut: int) -> None:
         load_model(broken)
 
 
+def test_an_opset_onnx_does_not_know_is_a_clear_error(tmp_path: Path) -> None:
+    model = onnx.load(str(SAMPLE_MODEL))
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = 45
+    path = tmp_path / "future.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ChainxError, match="opset 45 of domain 'ai.onnx'.*Export the model"):
+        load_model(path)
+
+
 def test_sha256_of_a_file(tmp_path: Path) -> None:
     path = tmp_path / "x"
     path.write_bytes(b"abc")

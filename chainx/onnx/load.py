@@ -7,6 +7,7 @@ from pathlib import Path
 
 import onnx
 import onnx.external_data_helper
+import onnx.helper
 
 from chainx.errors import ChainxError
 
@@ -42,7 +43,24 @@ def load_model(path: Path) -> onnx.ModelProto:
             "Export the model again, or check that the file and its external data are "
             "complete."
         ) from None
+    _check_opsets(model, path)
     return model
+
+
+def _check_opsets(model: onnx.ModelProto, path: Path) -> None:
+    """Every opset of an ONNX domain must be one this onnx knows: the checker lets an unknown
+    version through, and onnx's helpers then fail deep inside normalisation."""
+    known = onnx.helper.OP_SET_ID_VERSION_MAP
+    for opset in model.opset_import:
+        domain = opset.domain or "ai.onnx"
+        versions = [version for name, version in known if name == domain]
+        if versions and (domain, opset.version) not in known:
+            raise ChainxError(
+                f"{path}: the model imports opset {opset.version} of domain {domain!r}, "
+                f"which onnx {onnx.__version__} does not know (it knows "
+                f"{min(versions)} to {max(versions)}). Export the model again with a known "
+                "opset, or check that the file is not damaged."
+            )
 
 
 def _check_external_locations(model: onnx.ModelProto, path: Path) -> None:

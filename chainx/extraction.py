@@ -191,6 +191,7 @@ def extract(
             "optimisation": {
                 "steps": scores.result.steps,
                 "finetune_steps": scores.result.finetune_steps,
+                "torch": scores.result.compiled,  # compiled, or eager and why
                 # Nats the region's outputs lose with every filter off; below 1, λ scaled.
                 "region_signal": scores.result.signal,
             },

@@ -84,6 +84,7 @@ OPTIMISE_OPTIONS = (
     "class_weight",
     "seed",
     "device",
+    "compile",
 )
 OPTION_NAMES = (
     {"size", "resize", "mean", "std", "strict", "class_names", "input", "output"}

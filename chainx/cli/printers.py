@@ -62,12 +62,13 @@ def step_printer(bar: Progress) -> Callable[[StepReport], None]:
     def on_step(report: StepReport) -> None:
         if report.phase not in tasks:
             tasks[report.phase] = bar.add_task(report.phase, total=report.total, stats="")
-        bar.update(
-            tasks[report.phase],
-            completed=report.step,
-            stats=f"loss {report.loss:.4f}  KL {report.kl:.4f}  "
-            f"kept {report.kept:,}  agree {report.agreement:.0%}",
+        stats = (
+            "torch.compile"
+            if report.phase == "compile"
+            else f"loss {report.loss:.4f}  KL {report.kl:.4f}  "
+            f"kept {report.kept:,}  agree {report.agreement:.0%}"
         )
+        bar.update(tasks[report.phase], completed=report.step, stats=stats)
 
     return on_step
 

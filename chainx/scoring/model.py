@@ -69,6 +69,14 @@ class ScoringModel(nn.Module):
         layer_of_filter = torch.arange(len(points)).repeat_interleave(torch.tensor(self.channels))
         self.register_buffer("layer_of_filter", layer_of_filter, persistent=False)
         self.fixed_batch = fixed_batch(model)
+        self.compiled: nn.Module | None = None  # `compile`: the scored steps' network
+
+    def use_compiled(self, compiled: nn.Module | None) -> None:
+        """Run the scored steps (`forward`) through `compiled`, `net` compiled
+        (`compiled.compiled_network`), from now on, or eagerly again with None; the outputs
+        for fixed multipliers (`masked`, `unscored`) stay eager."""
+        # Not a submodule: it wraps `net`, whose parameters must not be listed twice.
+        object.__setattr__(self, "compiled", compiled)
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 (nn.Module's own signature)
         # The masks are plain tensors, reassigned whole by the optimiser, so not buffers:
@@ -84,18 +92,21 @@ class ScoringModel(nn.Module):
         masks = torch.cat(self.masks).to(scores.dtype)
         return list(torch.split(scores * gates * masks, self.channels))
 
-    def run(self, x: torch.Tensor, multipliers: list[torch.Tensor]) -> torch.Tensor:
+    def run(
+        self, x: torch.Tensor, multipliers: list[torch.Tensor], net: nn.Module | None = None
+    ) -> torch.Tensor:
+        net = self.net if net is None else net
         shaped = [m.reshape(point.shape) for m, point in zip(multipliers, self.points, strict=True)]
         with warnings.catch_warnings():
             # onnx2torch's Slice indexes with a list; torch warns about it on every call.
             warnings.filterwarnings("ignore", message="Using a non-tuple", category=UserWarning)
             if self.fixed_batch and len(x) != self.fixed_batch:
                 chunks = torch.split(x, self.fixed_batch)
-                return torch.cat([self.net(chunk, *shaped) for chunk in chunks])
-            return self.net(x, *shaped)
+                return torch.cat([net(chunk, *shaped) for chunk in chunks])
+            return net(x, *shaped)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.run(x, self.multipliers())
+        return self.run(x, self.multipliers(), self.compiled)
 
     def masked(self, images: np.ndarray, multipliers: dict[str, np.ndarray]) -> np.ndarray:
         """The output for fixed multipliers, on the CPU: what chain.onnx must reproduce."""

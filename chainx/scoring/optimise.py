@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from chainx.errors import ChainxError
+from chainx.scoring.compiled import compile_if_worth
 from chainx.scoring.frontier import FrontierRecorder
 from chainx.scoring.model import ScoringModel
 from chainx.scoring.objective import Objective, region_signal
@@ -220,7 +221,12 @@ def optimise(
     adam = torch.optim.Adam(params, lr=settings.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(adam, max(settings.steps, 1))
     stable, previous, steps, strength = 0, None, 0, 1.0
+    compiled, step_started = "eager", time.perf_counter()
     for step in range(settings.steps):
+        if step == 2:  # the first step warms up; the second is a typical one
+            step_s, kept = time.perf_counter() - step_started, _kept(scoring, settings.tau)
+            compiled = compile_if_worth(scoring, objective, settings, step_s, kept, on_step)
+        step_started = time.perf_counter()
         adam.zero_grad()
         # Continuation: λ grows geometrically, so the filters separate while the
         # pressure is mild and the tail goes once the important ones are established.
@@ -269,6 +275,7 @@ def optimise(
         history=history,
         frontier=cuts,
         signal=signal,
+        compiled=compiled,
     )
 
 

@@ -31,6 +31,7 @@ class OptimiseSettings:
     hold_margin: float | None = None
     kl_budget: float | None = 0.3
     gradual: bool = True
+    compile: str = "auto"  # torch.compile: "auto" (when worth it), "always" or "never"
 
 
 @dataclass
@@ -65,3 +66,4 @@ class OptimiseResult:
     history: list[StepReport] = field(default_factory=list)
     frontier: list[FrontierCut] = field(default_factory=list)
     signal: float | None = None  # nats the region's outputs lose with every filter off
+    compiled: str = "eager"  # "compiled in N s", "eager", or "eager: " and why not compiled

@@ -54,8 +54,9 @@ class SweepConfig:
                 data[key] = str(value)
             elif isinstance(value, tuple):
                 data[key] = list(value)
-        # The device changes where a trial runs, not what it computes.
+        # The device and torch.compile change how a trial runs, not what it computes.
         data["optimise"].pop("device")
+        data["optimise"].pop("compile")
         return data
 
     def differences(self, recorded: dict[str, Any]) -> list[str]:

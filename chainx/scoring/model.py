@@ -69,7 +69,7 @@ class ScoringModel(nn.Module):
         layer_of_filter = torch.arange(len(points)).repeat_interleave(torch.tensor(self.channels))
         self.register_buffer("layer_of_filter", layer_of_filter, persistent=False)
         self.fixed_batch = fixed_batch(model)
-        self.compiled: nn.Module | None = None  # `compile`: the scored steps' network
+        self.compiled: nn.Module | None = None  # `use_compiled`: the scored steps' network
 
     def use_compiled(self, compiled: nn.Module | None) -> None:
         """Run the scored steps (`forward`) through `compiled`, `net` compiled

@@ -73,6 +73,8 @@ OPTIMISE_OPTIONS = (
     "steps",
     "finetune_steps",
     "finetune_lr",
+    "sparsify_until",
+    "finetune_patience",
     "tau",
     "keep_ratio",
     "kl_budget",

@@ -73,6 +73,33 @@ def test_a_cut_after_fine_tuning_meets_the_budget() -> None:
     ]
 
 
+def test_sparsification_stops_near_the_budget_and_fine_tuning_once_settled() -> None:
+    reports = []
+    settings = OptimiseSettings(
+        lam=30.0,
+        steps=200,
+        finetune_steps=60,
+        tau=0.0,
+        keep_ratio=0.1,
+        gradual=False,
+        sparsify_until=3.0,
+        finetune_patience=5,
+    )
+    result, _ = _run(settings, reports.append)
+    total = sum(len(m) for m in result.multipliers.values())
+    enough = 3 * int(np.ceil(0.1 * total))
+    sparsify = [r for r in reports if r.phase == "sparsify"]
+    # It stops at the first step at or under three budgets, long before its 200 steps.
+    assert sparsify[-1].kept <= enough < min(r.kept for r in sparsify[:-1])
+    assert result.steps == len(sparsify) < 200
+    for phase in ("fine-tune", "fine-tune (budget)"):
+        agreement = [r.agreement for r in reports if r.phase == phase]
+        settled = [a == 1.0 for a in agreement[-5:]]
+        # Either five full agreements ended it early, or it ran its 60 steps without them.
+        assert (len(agreement) < 60 and all(settled)) or len(agreement) == 60
+    assert result.finetune_steps == sum(r.phase.startswith("fine-tune") for r in reports) < 120
+
+
 @pytest.mark.parametrize(("hold", "active"), [(0.5, False), (2.0, True)])
 def test_the_hinge_holds_a_fraction_of_each_original_margin(hold: float, active: bool) -> None:
     import torch

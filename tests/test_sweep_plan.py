@@ -8,6 +8,7 @@ import pytest
 from conftest import SAMPLE_HOLDOUT, SAMPLE_MODEL
 
 from chainx.errors import ChainxError
+from chainx.scoring.settings import OptimiseSettings
 from chainx.sweep.plan import SweepConfig, plan_trials
 
 
@@ -90,3 +91,13 @@ def test_holdout_data_must_have_every_class(tmp_path: Path) -> None:
     held = labelled_folder(tmp_path / "val", {"a": 3})
     with pytest.raises(ChainxError, match="no folder for the classes b"):
         plan_trials(config(data, holdout_data=held, per_class=2), 1)
+
+
+def test_a_sweep_recorded_before_a_setting_existed_resumes_at_its_default(tmp_path: Path) -> None:
+    data = labelled_folder(tmp_path / "data", {"a": 5, "b": 5})
+    recorded = config(data).to_json()
+    del recorded["optimise"]["finetune_patience"], recorded["strict"]
+    assert config(data).differences(recorded) == []
+    assert config(data, optimise=OptimiseSettings(finetune_patience=5)).differences(recorded) == [
+        "optimise"
+    ]

@@ -62,6 +62,21 @@ FinetuneStepsOption = Annotated[
 FinetuneLrOption = Annotated[
     float, typer.Option(min=0.0, help="Adam's learning rate while fine-tuning.")
 ]
+SparsifyUntilOption = Annotated[
+    float | None,
+    typer.Option(
+        min=1.0,
+        help="With --keep-ratio and --no-gradual: stop sparsifying once the filters above τ "
+        "are at most this multiple of the budget (e.g. 2).",
+    ),
+]
+FinetunePatienceOption = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        help="Stop a fine-tuning once the region has agreed in full for this many steps.",
+    ),
+]
 TauOption = Annotated[float, typer.Option(min=0.0, help="Score threshold τ.")]
 KeepRatioOption = Annotated[
     float | None,
@@ -146,6 +161,8 @@ EXTRACT_OPTIONS: dict[str, tuple[object, object]] = {
     "steps": (StepsOption, 300),
     "finetune_steps": (FinetuneStepsOption, 100),
     "finetune_lr": (FinetuneLrOption, 0.05),
+    "sparsify_until": (SparsifyUntilOption, None),
+    "finetune_patience": (FinetunePatienceOption, None),
     "tau": (TauOption, 0.02),
     "keep_ratio": (KeepRatioOption, None),
     "kl_budget": (KlBudgetOption, 0.3),

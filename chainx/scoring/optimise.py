@@ -75,6 +75,18 @@ def _gradual_keep(step: int, total: int, keep_ratio: float) -> float:
     return keep_ratio + (1 - keep_ratio) * (1 - progress) ** 3
 
 
+def _enough_to_cut(scoring: ScoringModel, settings: OptimiseSettings) -> int:
+    """Filters above τ at which sparsification may stop (`sparsify_until`), or -1: never.
+
+    Why: the cut to the budget holds once sparsification has weaned the network to about
+    twice the budget; cut from three times it, the outputs collapsed (docs/performance.md).
+    """
+    if settings.sparsify_until is None or settings.keep_ratio is None or settings.gradual:
+        return -1
+    budget = math.ceil(settings.keep_ratio * sum(scoring.channels))
+    return math.floor(settings.sparsify_until * budget)
+
+
 def _threshold(
     scoring: ScoringModel,
     settings: OptimiseSettings,
@@ -120,6 +132,7 @@ def _finetune(
     """Fine-tune the kept scores, mask fixed; returns the best multipliers seen."""
     adam = torch.optim.Adam(params, lr=settings.finetune_lr)
     best: tuple[float, float, list[torch.Tensor]] | None = None
+    settled = 0  # steps running with the whole region in agreement
     for step in range(settings.finetune_steps + 1):
         adam.zero_grad()
         loss, kl, agree = objective.step(
@@ -131,7 +144,9 @@ def _finetune(
         # Keep the best state seen: highest agreement, then lowest KL.
         if best is None or (agree, -kl) > (best[0], -best[1]):
             best = (agree, kl, [m.detach().clone() for m in scoring.multipliers()])
-        if step == settings.finetune_steps:
+        settled = settled + 1 if agree == 1.0 else 0
+        patience = settings.finetune_patience
+        if step == settings.finetune_steps or (patience is not None and settled > patience):
             break
         adam.step()
         with torch.no_grad():
@@ -221,6 +236,7 @@ def optimise(
     adam = torch.optim.Adam(params, lr=settings.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(adam, max(settings.steps, 1))
     stable, previous, steps, strength = 0, None, 0, 1.0
+    enough = _enough_to_cut(scoring, settings)
     compiled, step_started = "eager", time.perf_counter()
     for step in range(settings.steps):
         if step == 2:  # the first step warms up; the second is a typical one
@@ -251,6 +267,8 @@ def optimise(
         if settings.keep_ratio is not None and settings.gradual:
             _keep_top(scoring, _gradual_keep(steps, settings.steps, settings.keep_ratio))
         report("sparsify", steps, settings.steps, loss, kl, agree)
+        if history[-1].kept <= enough:
+            break
         if recorder is not None:
             recorder.observe(steps)
         with torch.no_grad():
@@ -270,7 +288,7 @@ def optimise(
         multipliers=multipliers,
         gates={point.layer: float(g) for point, g in zip(scoring.points, gates, strict=True)},
         steps=steps,
-        finetune_steps=settings.finetune_steps,
+        finetune_steps=sum(r.phase.startswith("fine-tune") for r in history),
         seconds=time.perf_counter() - started,
         history=history,
         frontier=cuts,

@@ -19,6 +19,11 @@ class OptimiseSettings:
     finetune_steps: int = 100
     finetune_lr: float = 0.05
     patience: int = 40
+    # Stop sparsifying once the filters above τ are at most this multiple of the budget
+    # (keep_ratio, not gradual): the cut to the budget then holds (docs/performance.md).
+    sparsify_until: float | None = None
+    # Stop a fine-tuning once the whole region has agreed for this many steps running.
+    finetune_patience: int | None = None
     batch_size: int = 32
     seed: int = 0
     device: str = "cpu"
@@ -61,7 +66,7 @@ class OptimiseResult:
     multipliers: dict[str, np.ndarray]
     gates: dict[str, float]
     steps: int
-    finetune_steps: int
+    finetune_steps: int  # taken, over all fine-tuning phases
     seconds: float
     history: list[StepReport] = field(default_factory=list)
     frontier: list[FrontierCut] = field(default_factory=list)

@@ -69,6 +69,10 @@ class SweepConfig:
             if f.default is not MISSING and not isinstance(f.default, Path)
         }
         recorded = {**{k: v for k, v in defaults.items() if k not in recorded}, **recorded}
+        if isinstance(recorded.get("optimise"), dict):  # the same, one level down
+            optimise = {f.name: f.default for f in fields(OptimiseSettings)}
+            optimise = {k: v for k, v in optimise.items() if k in mine["optimise"]}
+            recorded["optimise"] = {**optimise, **recorded["optimise"]}
         return sorted(
             key for key in mine.keys() | recorded.keys() if mine.get(key) != recorded.get(key)
         )

@@ -2,8 +2,9 @@
 
 The documented command (docs/results.md; its options are tools/recipes.py's LITE0) as a
 test: ≥ 95 % of filters removed, ≥ 19/20 on the region, a passing verification, and a
-report that renders in headless Chromium. About 9 minutes on a 2-core CPU. Skipped when
-../shared or the weights package is absent.
+report that renders in headless Chromium; and the same for the short recipe (LITE0_SHORT,
+docs/performance.md), which must also stop sparsifying early. About 5 + 3 minutes on a
+2-core CPU. Skipped when ../shared or the weights package is absent.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 from conftest import CHROMIUM, REPO, SHARED, assert_report_images_ok, assert_report_renders
 
 import chainx
-from tools.recipes import LITE0, LITE0_PREPROCESS
+from tools.recipes import LITE0, LITE0_PREPROCESS, LITE0_SHORT
 
 PHOTOS = SHARED / "data" / "hymenoptera"
 
@@ -34,7 +35,10 @@ def _tool(*args: object) -> None:
     subprocess.run([sys.executable, *map(str, args)], check=True, cwd=REPO)
 
 
-def test_efficientnet_lite0_chain_removes_95_percent_and_keeps_19_of_20(tmp_path: Path) -> None:
+@pytest.mark.parametrize("recipe", [LITE0, LITE0_SHORT], ids=["full", "short"])
+def test_efficientnet_lite0_chain_removes_95_percent_and_keeps_19_of_20(
+    tmp_path: Path, recipe: dict[str, float | int | bool]
+) -> None:
     model = tmp_path / "efficientnet_lite0.onnx"
     _tool("tools/export_efficientnet_lite0.py", "--out", model)
     region = tmp_path / "hymenoptera"
@@ -58,12 +62,14 @@ def test_efficientnet_lite0_chain_removes_95_percent_and_keeps_19_of_20(tmp_path
         out=tmp_path / "chain",
         class_names=REPO / "tools" / "class_names" / "imagenet.txt",
         **LITE0_PREPROCESS,
-        **LITE0,
+        **recipe,
     ).to_json()
     assert data["summary"]["filters_removed_fraction"] >= 0.95
     assert data["metrics"]["region"]["agree"] >= 19
     assert data["metrics"]["exactness"]["passed"]
     assert data["metrics"]["exact_copies"]["mismatched"] == []
+    if "sparsify_until" in recipe:
+        assert data["metrics"]["optimisation"]["steps"] < recipe["steps"]
     report = tmp_path / "chain" / "report.html"
     assert assert_report_images_ok(report) >= 20 + len(data["featuremaps"])
     if CHROMIUM is not None:

@@ -83,6 +83,11 @@ def compare(
 ) -> str:
     runs = [read_trials(folder) for folder in folders]
     common = sorted(set.intersection(*(set(run) for run in runs)))[:trials]
+    if not common:
+        raise SystemExit(
+            "no trial with a NeuroChains frontier is in every sweep; compare sweeps run with "
+            "--frontier (not 'none') on the same DATA and --seed"
+        )
     key = "classes" if by_classes else "region"
     for index in common:
         if len({tuple(run[index][key]) for run in runs}) != 1:

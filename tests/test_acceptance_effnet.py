@@ -3,7 +3,7 @@
 The documented command (docs/results.md; its options are tools/recipes.py's LITE0) as a
 test: ≥ 95 % of filters removed, ≥ 19/20 on the region, a passing verification, and a
 report that renders in headless Chromium; and the same for the short recipe (LITE0_SHORT,
-docs/performance.md), which must also stop sparsifying early. About 5 + 3 minutes on a
+docs/performance.md), which must also stop sparsifying early. About 12 minutes for both on a
 2-core CPU. Skipped when ../shared or the weights package is absent.
 """
 

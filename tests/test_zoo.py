@@ -52,6 +52,7 @@ def test_family_exports_exactly_and_smaller(
     print(f"{name} {exporter}: {100 * result.removed_fraction:.1f}% of masked filters removed")
     assert result.scale > 0  # the outputs carry signal, so the comparison means something
     assert result.error <= EXACTNESS
+    assert result.reduced_error <= EXACTNESS
     assert result.params_after < result.params_before
     assert set(result.frozen) <= KNOWN_FROZEN.get(name, set())
     if not set(result.frozen) - {"Softmax"} or name in VITS:

@@ -35,6 +35,7 @@ from chainx.onnx.normalise import normalise
 from chainx.onnx.runtime import run, session
 from chainx.onnx.score_points import ScorePoint, find_score_points, scored_model
 from chainx.scoring.model import ScoringModel
+from chainx.scoring.reduced import reduce
 
 if __package__:  # imported as tools.zoo
     from tools.torch_export import randomise_batchnorm
@@ -219,6 +220,7 @@ class ZooResult:
     ops: list[str]
     frozen: list[str]
     error: float
+    reduced_error: float  # the fine-tuning's shrunk network (`scoring.reduced`) against the same
     scale: float
     masked: int
     removed: int
@@ -249,6 +251,21 @@ def removed_filters(
     return removed
 
 
+def reduced_output(
+    model: onnx.ModelProto,
+    points: list[ScorePoint],
+    multipliers: dict[str, np.ndarray],
+    x: np.ndarray,
+) -> np.ndarray:
+    """The output of the scored network shrunk to the mask (`scoring.reduced`), as
+    fine-tuning runs it, for the same multipliers."""
+    scoring = ScoringModel(model, points)
+    values = [torch.from_numpy(multipliers[p.layer]) for p in points]
+    reduced = reduce(model, points, [v != 0 for v in values])
+    with torch.no_grad():
+        return scoring.shrunk_run(reduced, torch.from_numpy(x), values).numpy()
+
+
 def check(name: str, exporter: str, seed: int = 0, keep: float = KEEP) -> ZooResult:
     started = time.perf_counter()
     model = normalise(export(name, exporter))
@@ -267,12 +284,15 @@ def check(name: str, exporter: str, seed: int = 0, keep: float = KEEP) -> ZooRes
     actual = run(session(result.model), x)
     scale = float(np.abs(expected).max())
     error = float(np.abs(expected - actual).max() / max(scale, 1e-12))
+    shrunk = reduced_output(model, points, multipliers, x)
+    reduced_error = float(np.abs(expected - shrunk).max() / max(scale, 1e-12))
     return ZooResult(
         name=name,
         exporter=exporter,
         ops=sorted({node.op_type for node in model.graph.node}),
         frozen=sorted({op for _, op in result.frozen}),
         error=error,
+        reduced_error=reduced_error,
         scale=scale,
         masked=sum(int((m == 0).sum()) for m in multipliers.values()),
         removed=removed_filters(points, multipliers, result),

@@ -8,6 +8,7 @@ torch model and the exported ONNX chain compute the very same graph.
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -18,6 +19,9 @@ from chainx.errors import ChainxError
 from chainx.onnx.graph import fixed_batch
 from chainx.onnx.score_points import ScorePoint, scored_model
 from chainx.scoring.memory import keep_freed_memory
+
+if TYPE_CHECKING:
+    from chainx.scoring.reduced import ReducedNetwork
 
 
 def log_probabilities(output: torch.Tensor, kind: str) -> torch.Tensor:
@@ -53,6 +57,7 @@ class ScoringModel(nn.Module):
     ) -> None:
         super().__init__()
         keep_freed_memory()  # before the first large tensor
+        self.source = model
         self.points = points
         self.net = convert(scored_model(model, points))
         for buffer in self.net.buffers():
@@ -70,6 +75,7 @@ class ScoringModel(nn.Module):
         self.register_buffer("layer_of_filter", layer_of_filter, persistent=False)
         self.fixed_batch = fixed_batch(model)
         self.compiled: nn.Module | None = None  # `use_compiled`: the scored steps' network
+        self.reduced: ReducedNetwork | None = None  # `use_reduced`: takes over from both
 
     def use_compiled(self, compiled: nn.Module | None) -> None:
         """Run the scored steps (`forward`) through `compiled`, `net` compiled
@@ -77,6 +83,11 @@ class ScoringModel(nn.Module):
         for fixed multipliers (`masked`, `unscored`) stay eager."""
         # Not a submodule: it wraps `net`, whose parameters must not be listed twice.
         object.__setattr__(self, "compiled", compiled)
+
+    def use_reduced(self, reduced: ReducedNetwork | None) -> None:
+        """Run the scored steps through `reduced` (`scoring.reduced`), the network shrunk
+        to the current masks, until None restores the whole one."""
+        object.__setattr__(self, "reduced", reduced)
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 (nn.Module's own signature)
         # The masks are plain tensors, reassigned whole by the optimiser, so not buffers:
@@ -95,8 +106,10 @@ class ScoringModel(nn.Module):
     def run(
         self, x: torch.Tensor, multipliers: list[torch.Tensor], net: nn.Module | None = None
     ) -> torch.Tensor:
-        net = self.net if net is None else net
         shaped = [m.reshape(point.shape) for m, point in zip(multipliers, self.points, strict=True)]
+        return self._call(self.net if net is None else net, x, shaped)
+
+    def _call(self, net: nn.Module, x: torch.Tensor, shaped: list[torch.Tensor]) -> torch.Tensor:
         with warnings.catch_warnings():
             # onnx2torch's Slice indexes with a list; torch warns about it on every call.
             warnings.filterwarnings("ignore", message="Using a non-tuple", category=UserWarning)
@@ -106,7 +119,16 @@ class ScoringModel(nn.Module):
             return net(x, *shaped)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reduced is not None:
+            return self.shrunk_run(self.reduced, x, self.multipliers())
         return self.run(x, self.multipliers(), self.compiled)
+
+    def shrunk_run(
+        self, reduced: ReducedNetwork, x: torch.Tensor, multipliers: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """The output of `reduced`, the network shrunk to a mask, for every filter's
+        multipliers (those it lacks must be 0)."""
+        return self._call(reduced.net, x, reduced.inputs(multipliers))
 
     def masked(self, images: np.ndarray, multipliers: dict[str, np.ndarray]) -> np.ndarray:
         """The output for fixed multipliers, on the CPU: what chain.onnx must reproduce."""

@@ -36,6 +36,7 @@ from chainx.scoring.compiled import compile_if_worth
 from chainx.scoring.frontier import FrontierRecorder
 from chainx.scoring.model import ScoringModel
 from chainx.scoring.objective import Objective, region_signal
+from chainx.scoring.reduced import shrunk_to_masks
 from chainx.scoring.settings import FrontierCut, OptimiseResult, OptimiseSettings, StepReport
 
 # Nats by which the region's outputs change with every filter off (`region_signal`).
@@ -130,6 +131,18 @@ def _finetune(
     phase: str = "fine-tune",
 ) -> list[torch.Tensor]:
     """Fine-tune the kept scores, mask fixed; returns the best multipliers seen."""
+    with shrunk_to_masks(scoring):
+        return _finetune_steps(scoring, objective, params, settings, report, phase)
+
+
+def _finetune_steps(
+    scoring: ScoringModel,
+    objective: Objective,
+    params: list[torch.Tensor],
+    settings: OptimiseSettings,
+    report: Callable[[str, int, int, float, float, float], None],
+    phase: str,
+) -> list[torch.Tensor]:
     adam = torch.optim.Adam(params, lr=settings.finetune_lr)
     best: tuple[float, float, list[torch.Tensor]] | None = None
     settled = 0  # steps running with the whole region in agreement

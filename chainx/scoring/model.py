@@ -8,7 +8,7 @@ torch model and the exported ONNX chain compute the very same graph.
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -19,9 +19,6 @@ from chainx.errors import ChainxError
 from chainx.onnx.graph import fixed_batch
 from chainx.onnx.score_points import ScorePoint, scored_model
 from chainx.scoring.memory import keep_freed_memory
-
-if TYPE_CHECKING:
-    from chainx.scoring.reduced import ReducedNetwork
 
 
 def log_probabilities(output: torch.Tensor, kind: str) -> torch.Tensor:
@@ -47,6 +44,25 @@ def convert(model: onnx.ModelProto) -> nn.Module:
     for parameter in module.parameters():
         parameter.requires_grad_(False)
     return module.eval()
+
+
+@dataclass
+class ReducedNetwork:
+    """The network shrunk to a mask (`scoring.reduced`) and, per score point, the filters
+    its multiplier input carries (original indices, in the input's order), or None where
+    the layer is gone."""
+
+    net: nn.Module
+    layouts: list[torch.Tensor | None]
+    shapes: list[list[int]]
+
+    def inputs(self, multipliers: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The shrunk network's multiplier inputs, from every filter's multiplier."""
+        return [
+            values[layout].reshape(shape)
+            for values, layout, shape in zip(multipliers, self.layouts, self.shapes, strict=True)
+            if layout is not None
+        ]
 
 
 class ScoringModel(nn.Module):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -23,29 +22,11 @@ from torch import fx, nn
 
 from chainx.channels.surgery import shrink
 from chainx.onnx.score_points import ScorePoint, score_muls, scored_model
-from chainx.scoring.model import ScoringModel, convert
+from chainx.scoring.model import ReducedNetwork, ScoringModel, convert
 
 # Shrink only where the mask removes at least this share of the filters: the surgery and
 # the conversion cost about as much as a few steps of the whole network.
 REDUCE_FROM_REMOVED = 0.5
-
-
-@dataclass
-class ReducedNetwork:
-    """The shrunk network and, per score point, the filters its multiplier input carries
-    (original indices, in the input's order), or None where the layer is gone."""
-
-    net: nn.Module
-    layouts: list[torch.Tensor | None]
-    shapes: list[list[int]]
-
-    def inputs(self, multipliers: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The shrunk network's multiplier inputs, from every filter's multiplier."""
-        return [
-            values[layout].reshape(shape)
-            for values, layout, shape in zip(multipliers, self.layouts, self.shapes, strict=True)
-            if layout is not None
-        ]
 
 
 class ChannelSelect(nn.Module):

@@ -131,3 +131,17 @@ def test_fine_tuning_runs_shrunk_and_its_chain_is_the_masked_network(
     whole = torch.from_numpy(scoring.masked(images.array, result.multipliers))
     assert float((shrunk - whole).abs().max()) <= 1e-4 * float(whole.abs().max())
     assert torch.equal(shrunk.argmax(-1), whole.argmax(-1))
+
+
+def test_a_mask_whose_filters_reach_no_output_fine_tunes_the_whole_network() -> None:
+    """Every later layer masked: the kept filters of the first cannot change the outputs,
+    the shrunk network would have no multiplier input, and a gradient step must still run."""
+    model = tiny_model("plain")
+    scoring = _scoring(model, keep=1.0)
+    scoring.masks = [torch.zeros_like(mask) for mask in scoring.masks]
+    scoring.masks[0][:2] = True
+    x = torch.from_numpy(inputs_for(model, count=2))
+    with shrunk_to_masks(scoring) as shrunk:
+        assert not shrunk
+        _, grads = _step(scoring, x)
+    assert all(float(g.abs().max()) == 0 for g in grads)

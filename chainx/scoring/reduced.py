@@ -104,7 +104,8 @@ def reduced_model(
         graph.input.append(
             helper.make_tensor_value_info(point.multiplier, onnx.TensorProto.FLOAT, shape)
         )
-    return model, layouts
+    # onnx2torch reads some ops' sizes (LayerNorm's) from the shapes inferred.
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True), layouts
 
 
 def reduce(
@@ -134,6 +135,10 @@ def shrunk_to_masks(scoring: ScoringModel) -> Iterator[bool]:
     reduced = (
         reduce(scoring.source, scoring.points, scoring.masks) if worth_reducing(masks) else None
     )
+    if reduced is not None and all(layout is None for layout in reduced.layouts):
+        # No kept filter reaches the outputs: nothing to fine-tune, and the shrunk network
+        # has no multiplier to take a gradient from.
+        reduced = None
     scoring.use_reduced(reduced)
     try:
         yield reduced is not None

@@ -145,3 +145,23 @@ def test_a_mask_whose_filters_reach_no_output_fine_tunes_the_whole_network() -> 
         assert not shrunk
         _, grads = _step(scoring, x)
     assert all(float(g.abs().max()) == 0 for g in grads)
+
+
+def test_a_graph_that_cannot_shrink_fine_tunes_the_whole_network(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import chainx.scoring.reduced as reduced
+
+    def refuse(*args: object) -> None:
+        raise ValueError("a graph the surgery cannot take")
+
+    monkeypatch.setattr(reduced, "reduce", refuse)
+    model = normalise(load_model(SAMPLE_MODEL))
+    scoring = _scoring(model, keep=0.3)
+    x = torch.from_numpy(inputs_for(model, count=2))
+    want, _ = _step(scoring, x)
+    with shrunk_to_masks(scoring) as shrunk:
+        assert not shrunk
+        got, grads = _step(scoring, x)
+    assert torch.equal(got, want)
+    assert any(float(g.abs().max()) > 0 for g in grads)

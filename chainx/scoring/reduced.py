@@ -132,9 +132,14 @@ def shrunk_to_masks(scoring: ScoringModel) -> Iterator[bool]:
     """Within: the scored steps run on the network shrunk to the scoring model's masks,
     where the masks remove enough (`worth_reducing`). Yields whether they do."""
     masks = [mask.cpu().numpy() for mask in scoring.masks]
-    reduced = (
-        reduce(scoring.source, scoring.points, scoring.masks) if worth_reducing(masks) else None
-    )
+    reduced = None
+    if worth_reducing(masks):
+        try:
+            reduced = reduce(scoring.source, scoring.points, scoring.masks)
+        except Exception:  # noqa: BLE001
+            # A graph the shrinking or its conversion cannot take: the whole network gives
+            # the same fine-tuning, only slower (the zoo checks every family shrinks).
+            reduced = None
     if reduced is not None and all(layout is None for layout in reduced.layouts):
         # No kept filter reaches the outputs: nothing to fine-tune, and the shrunk network
         # has no multiplier to take a gradient from.

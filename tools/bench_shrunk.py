@@ -21,6 +21,7 @@ import onnx
 import torch
 
 from chainx.chain.export import multipliers_from_metadata, read_metadata
+from chainx.cli.options import parse_floats
 from chainx.pipeline import open_model
 from chainx.scoring.compiled import compiled_network
 from chainx.scoring.model import ScoringModel
@@ -29,17 +30,13 @@ from chainx.scoring.reduced import reduce
 from chainx.settings import ReadSettings
 
 
-def floats(text: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in text.split(","))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("chain", type=Path)
     parser.add_argument("region", type=Path)
-    parser.add_argument("--mean", type=floats)
-    parser.add_argument("--std", type=floats)
+    parser.add_argument("--mean", type=lambda text: parse_floats("--mean", text))
+    parser.add_argument("--std", type=lambda text: parse_floats("--std", text))
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument(
         "--compile", action="store_true", help="the whole network through torch.compile"

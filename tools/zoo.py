@@ -252,16 +252,12 @@ def removed_filters(
 
 
 def reduced_output(
-    model: onnx.ModelProto,
-    points: list[ScorePoint],
-    multipliers: dict[str, np.ndarray],
-    x: np.ndarray,
+    scoring: ScoringModel, multipliers: dict[str, np.ndarray], x: np.ndarray
 ) -> np.ndarray:
     """The output of the scored network shrunk to the mask (`scoring.reduced`), as
     fine-tuning runs it, for the same multipliers."""
-    scoring = ScoringModel(model, points)
-    values = [torch.from_numpy(multipliers[p.layer]) for p in points]
-    reduced = reduce(model, points, [v != 0 for v in values])
+    values = [torch.from_numpy(multipliers[p.layer]) for p in scoring.points]
+    reduced = reduce(scoring.source, scoring.points, [v != 0 for v in values])
     with torch.no_grad():
         return scoring.shrunk_run(reduced, torch.from_numpy(x), values).numpy()
 
@@ -280,11 +276,12 @@ def check(name: str, exporter: str, seed: int = 0, keep: float = KEEP) -> ZooRes
     batch = 1 if exporter == "dynamo" or name == "vit_small" else 2
     x = np.random.default_rng(1).standard_normal((batch, 3, size, size)).astype(np.float32)
     # The reference is the masked torch scoring model, as in `chainx verify`.
-    expected = ScoringModel(model, points).masked(x, multipliers)
+    scoring = ScoringModel(model, points)
+    expected = scoring.masked(x, multipliers)
     actual = run(session(result.model), x)
     scale = float(np.abs(expected).max())
     error = float(np.abs(expected - actual).max() / max(scale, 1e-12))
-    shrunk = reduced_output(model, points, multipliers, x)
+    shrunk = reduced_output(scoring, multipliers, x)
     reduced_error = float(np.abs(expected - shrunk).max() / max(scale, 1e-12))
     return ZooResult(
         name=name,

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import fx, nn
 
-from chainx.scoring.model import ScoringModel
+from chainx.scoring.model import ScoringModel, replace_modules
 from chainx.scoring.objective import Objective
 from chainx.scoring.reduced import REDUCE_FROM_REMOVED
 from chainx.scoring.settings import OptimiseSettings, StepReport
@@ -68,18 +68,9 @@ class ConstantReshape(nn.Module):
 def constant_reshapes(net: fx.GraphModule) -> int:
     """Replace every onnx2torch Reshape whose shape is an initializer by a ConstantReshape;
     returns how many."""
-    replaced = 0
-    for node in net.graph.nodes:
-        if node.op != "call_module" or len(node.args) != 2:
-            continue
-        module = net.get_submodule(node.target)
-        shape = node.args[1]
-        if type(module).__name__ != "OnnxReshape" or getattr(shape, "op", None) != "get_attr":
-            continue
-        values = [int(v) for v in net.get_buffer(shape.target).tolist()]
-        net.set_submodule(node.target, ConstantReshape(values))
-        replaced += 1
-    return replaced
+    return replace_modules(
+        net, "OnnxReshape", lambda _, shape: ConstantReshape([int(v) for v in shape.tolist()])
+    )
 
 
 def compiled_network(net: fx.GraphModule) -> nn.Module:

@@ -8,12 +8,13 @@ torch model and the exported ONNX chain compute the very same graph.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 import torch
-from torch import nn
+from torch import fx, nn
 
 from chainx.errors import ChainxError
 from chainx.onnx.graph import fixed_batch
@@ -44,6 +45,29 @@ def convert(model: onnx.ModelProto) -> nn.Module:
     for parameter in module.parameters():
         parameter.requires_grad_(False)
     return module.eval()
+
+
+def replace_modules(
+    net: fx.GraphModule,
+    onnx_type: str,
+    replacement: Callable[[nn.Module, torch.Tensor], nn.Module | None],
+) -> int:
+    """Replace each onnx2torch module of class `onnx_type` whose second input is an
+    initializer by `replacement(module, initializer)`, where that is not None; returns how
+    many."""
+    replaced = 0
+    for node in net.graph.nodes:
+        if node.op != "call_module" or len(node.args) != 2:
+            continue
+        module = net.get_submodule(node.target)
+        constant = node.args[1]
+        if type(module).__name__ != onnx_type or getattr(constant, "op", None) != "get_attr":
+            continue
+        new = replacement(module, net.get_buffer(constant.target))
+        if new is not None:
+            net.set_submodule(node.target, new)
+            replaced += 1
+    return replaced
 
 
 @dataclass

@@ -22,7 +22,7 @@ from torch import fx, nn
 
 from chainx.channels.surgery import shrink
 from chainx.onnx.score_points import ScorePoint, score_muls, scored_model
-from chainx.scoring.model import ReducedNetwork, ScoringModel, convert
+from chainx.scoring.model import ReducedNetwork, ScoringModel, convert, replace_modules
 
 # Shrink only where the mask removes at least this share of the filters: the surgery and
 # the conversion cost about as much as a few steps of the whole network.
@@ -48,20 +48,20 @@ class ChannelSelect(nn.Module):
 def select_gathers(net: fx.GraphModule) -> int:
     """Replace each Gather of a constant, non-negative 1-D index by a ChannelSelect;
     returns how many."""
-    replaced = 0
-    for node in net.graph.nodes:
-        if node.op != "call_module" or len(node.args) != 2:
-            continue
-        module = net.get_submodule(node.target)
-        indices = node.args[1]
-        if type(module).__name__ != "OnnxGather" or getattr(indices, "op", None) != "get_attr":
-            continue
-        values = net.get_buffer(indices.target)
-        if values.dim() != 1 or bool((values < 0).any()):
-            continue
-        net.set_submodule(node.target, ChannelSelect(module._axis))  # noqa: SLF001
-        replaced += 1
-    return replaced
+
+    def select(gather: nn.Module, indices: torch.Tensor) -> nn.Module | None:
+        if indices.dim() != 1 or bool((indices < 0).any()):
+            return None
+        return ChannelSelect(gather._axis)  # noqa: SLF001
+
+    return replace_modules(net, "OnnxGather", select)
+
+
+def _input_shape(point: ScorePoint, count: int) -> list[int]:
+    """A multiplier input's shape in the shrunk network: `count` of the point's units."""
+    shape = point.shape
+    shape[point.axis] = count
+    return shape
 
 
 def worth_reducing(masks: list[np.ndarray]) -> bool:
@@ -99,8 +99,7 @@ def reduced_model(
         values = numpy_helper.to_array(label)
         layouts.append(values.reshape(-1).astype(np.int64) - 1)
         mul.input[1] = point.multiplier
-        shape = point.shape
-        shape[point.axis] = values.size
+        shape = _input_shape(point, values.size)
         graph.input.append(
             helper.make_tensor_value_info(point.multiplier, onnx.TensorProto.FLOAT, shape)
         )
@@ -113,11 +112,10 @@ def reduce(
 ) -> ReducedNetwork:
     device = masks[0].device
     model, layouts = reduced_model(source, points, [m.cpu().numpy() for m in masks])
-    shapes = []
-    for point, layout in zip(points, layouts, strict=True):
-        shape = point.shape
-        shape[point.axis] = 0 if layout is None else len(layout)
-        shapes.append(shape)
+    shapes = [
+        _input_shape(point, 0 if layout is None else len(layout))
+        for point, layout in zip(points, layouts, strict=True)
+    ]
     net = convert(model)
     select_gathers(net)
     return ReducedNetwork(

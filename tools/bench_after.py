@@ -1,13 +1,14 @@
 """Benchmark: what an extract spends after verification when a chain keeps thousands of filters.
 
     .venv/bin/python tools/bench_after.py IMAGES [--model resnet18] [--size 64] [--steps 20]
-        [--threads 1]
+        [--threads 1] [--onnx MODEL --mean M --std S]
 
 Exports a zoo model (torchvision weights random, BatchNorm statistics randomised, as
-tools/zoo.py builds it), extracts a chain on the images with few steps and τ = 0, so that
-nearly every filter stays, filter sheets off, on one thread (--threads), and prints the
-extract's stage timings as one JSON line: the filters kept, the optimisation's seconds and
-those of paths, the deploy file and the drawings, and their share of the whole.
+tools/zoo.py builds it), or takes `--onnx` at its own input size; extracts a chain on the
+images with few steps and τ = 0, so that nearly every filter stays, filter sheets off, on
+one thread (--threads), and prints the extract's stage timings as one JSON line: the
+filters kept, the optimisation's seconds and those of paths, the deploy file and the
+drawings, and their share of the whole.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import onnx
 
 import chainx
+from chainx.cli.options import parse_floats
 from chainx.scoring.device import set_threads
 
 if __package__:  # imported as tools.bench_after
@@ -35,15 +37,25 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1, help="torch's and onnxruntime's")
+    parser.add_argument("--onnx", type=Path, help="this model instead of a zoo one")
+    parser.add_argument("--mean", help="with --onnx: the preprocessing, as extract's")
+    parser.add_argument("--std", help="with --onnx: the preprocessing, as extract's")
     args = parser.parse_args()
     set_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
-        model = Path(folder) / f"{args.model}.onnx"
-        onnx.save(export(args.model, "torchscript"), model)
+        model = args.onnx
+        preprocessing = {
+            "mean": parse_floats("--mean", args.mean),
+            "std": parse_floats("--std", args.std),
+        }
+        if model is None:
+            model = Path(folder) / f"{args.model}.onnx"
+            onnx.save(export(args.model, "torchscript"), model)
+            preprocessing = {"resize": args.size}
         result = chainx.extract(
             model,
             args.images,
-            resize=args.size,
+            **preprocessing,
             steps=args.steps,
             finetune_steps=5,
             tau=0.0,
@@ -54,7 +66,7 @@ def main() -> None:
         summary = result.to_json()["summary"]
     after = sum(timings.get(key, 0.0) for key in ("paths_s", "deploy_s", "visualise_s"))
     row = {
-        "model": args.model,
+        "model": args.onnx.name if args.onnx else args.model,
         "filters_kept": summary.get("filters_kept"),
         **{key: round(value, 2) for key, value in timings.items()},
         "after_verification_s": round(after, 2),

@@ -3,8 +3,10 @@
 The weight of a link a → b, from filter a of one layer to filter b of a layer it feeds, is
 how much b's mean response on the region changes when a alone is switched off (its
 multiplier at zero). The chain runs once in onnxruntime; then, per kept filter, only the
-part of it between a's layer and the layers it feeds runs again; of a layer that keeps more
-than MAX_SOURCES filters, only its strongest are switched off. A path's
+part of it between a's layer and the layers it feeds runs again (`ablation.py`: a Conv
+reached through channel-keeping ops runs only the ablated channel's column, and a part whose
+targets are all reached so runs once for all its filters); of a layer that keeps more than
+MAX_SOURCES filters, only its strongest are switched off. A path's
 strength is the product of its links' shares (each link's weight divided by the total
 weight that b receives), so a path is strong when each filter on it is a main input of the
 next. The strongest paths are found by a beam search through the layer graph.
@@ -16,12 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
-from chainx.onnx.graph import fixed_batch, live_nodes
+from chainx.onnx.graph import fixed_batch
 from chainx.onnx.normalise import float32_channels_first
 from chainx.onnx.runtime import run_tensors, session
 from chainx.onnx.score_points import score_muls
+from chainx.render.ablation import ablation_part
 from chainx.render.layers import unit_name
 
 BEAM = 64
@@ -41,42 +44,6 @@ class Path:
     def describe(self, names: dict[str, str]) -> str:
         units = (unit_name(names.get(layer, layer), index) for layer, index in self.filters)
         return " → ".join(units)
-
-
-@dataclass
-class _Between:
-    """The part of the chain between a source layer's scored tensor and its targets': the
-    nodes that read the source, directly or not, and that a target depends on. Everything
-    else they read is unchanged by switching a source filter off, so it is fed as computed."""
-
-    model: onnx.ModelProto
-    source: str
-    inputs: list[str]  # the other tensors it reads, computed by the whole chain
-    outputs: list[str]
-
-
-def _between(chain: onnx.ModelProto, source: str, targets: list[str]) -> _Between:
-    downstream, nodes = {source}, []
-    for node in chain.graph.node:
-        if any(name in downstream for name in node.input):
-            downstream.update(name for name in node.output if name)
-            nodes.append(node)
-    targets = [name for name in targets if name in downstream]  # others: no link
-    nodes = live_nodes(nodes, targets)
-    produced = {name for node in nodes for name in node.output}
-    constants = {init.name: init for init in chain.graph.initializer}
-    read = list(dict.fromkeys(name for node in nodes for name in node.input if name))
-    inputs = [name for name in read if name not in produced and name not in constants]
-    external = [name for name in inputs if name != source]
-    graph = helper.make_graph(
-        nodes,
-        "between",
-        [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in inputs],
-        [helper.make_empty_tensor_value_info(name) for name in targets],
-        [constants[name] for name in read if name in constants],
-    )
-    model = helper.make_model(graph, opset_imports=chain.opset_import, ir_version=chain.ir_version)
-    return _Between(model, source, external, targets)
 
 
 def link_weights(
@@ -104,39 +71,55 @@ def link_weights(
     }
     # Only layers whose score vector lines up with their kept filters take part.
     layers = {k for k in scored if k in kept and values[k].size == len(kept[k])}
+
+    def axes_of(layer: str) -> int:
+        return (axes or {}).get(layer, 1)
+
     pairs = [(a, b) for a, b in edges if a in layers and b in layers]
     sources = sorted({a for a, _ in pairs})
     targets = {a: [b for s, b in pairs if s == a] for a in sources}
-    between = {a: _between(chain, scored[a], [scored[b] for b in targets[a]]) for a in sources}
-    between = {a: part for a, part in between.items() if part.outputs}
+    parts = {
+        a: ablation_part(chain, scored[a], [scored[b] for b in targets[a]], axes_of(a))
+        for a in sources
+    }
+    parts = {a: part for a, part in parts.items() if part.outputs}
     # Links are measurements, not checks: onnxruntime's fusions may run (1e-6 relative).
-    sessions = {a: session(part.model, optimised=True, cpu=True) for a, part in between.items()}
+    sessions = {a: session(part.model, optimised=True, cpu=True) for a, part in parts.items()}
     layer_of = {name: layer for layer, name in scored.items()}
-    axis_of = {name: (axes or {}).get(layer, 1) for layer, name in scored.items()}
+    axis_of = {name: axes_of(layer) for layer, name in scored.items()}
     image = chain.graph.input[0].name
-    inner = [name for part in between.values() for name in part.inputs if name != image]
+    inner = [name for part in parts.values() for name in part.reads() if name != image]
     wanted = [scored[k] for k in layers] + inner
     totals = {(a, b): np.zeros((len(kept[a]), len(kept[b]))) for a, b in pairs}
-    sources_of = {a: _strongest(values[a]) for a in between}
+    sources_of = {a: _strongest(values[a]) for a in parts}
     # A chain that fixes its batch runs in pieces of it; each piece is its own whole run.
     step = fixed_batch(chain) or 32
     for start in range(0, len(images), step):
         piece = images[start : start + step]
         values = run_tensors(chain, piece, wanted, batch_size=len(piece), cpu=True)
         values[image] = piece
-        for a, part in between.items():
-            fed = {name: values[name] for name in part.inputs}
+        for a, part in parts.items():
             # The reference from the same session: an unreached filter's response is then
             # the same bits with and without the ablation, its link exactly 0.
-            unchanged = sessions[a].run(part.outputs, {**fed, part.source: values[part.source]})
+            fed, unchanged = part.unablated(sessions[a], values)
             reference = {
                 name: _mean_response(value, axis_of[name])
                 for name, value in zip(part.outputs, unchanged, strict=True)
             }
+            if part.confined:
+                off = values[part.source].copy()
+                off[:, sources_of[a]] = 0.0
+                changed = sessions[a].run(part.outputs, {**fed, part.source: off})
+                for name, value in zip(part.outputs, changed, strict=True):
+                    change = np.abs(_mean_response(value) - reference[name]).sum(axis=0)
+                    diagonal = sources_of[a]
+                    totals[(a, layer_of[name])][diagonal, diagonal] += change[diagonal]
+                continue
             for position in sources_of[a]:
                 off = values[part.source].copy()
                 np.moveaxis(off, axis_of[part.source], 1)[:, position] = 0.0
-                changed = sessions[a].run(part.outputs, {**fed, part.source: off})
+                feed = {**fed, **part.ablating(position), part.source: off}
+                changed = sessions[a].run(part.outputs, feed)
                 for name, value in zip(part.outputs, changed, strict=True):
                     response = _mean_response(value, axis_of[name])
                     change = np.abs(response - reference[name]).sum(axis=0)

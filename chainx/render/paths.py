@@ -106,24 +106,21 @@ def link_weights(
                 name: _mean_response(value, axis_of[name])
                 for name, value in zip(part.outputs, unchanged, strict=True)
             }
-            if part.confined:
+            # A confined part's filters are all switched off in one run (`AblationPart`).
+            runs = [sources_of[a]] if part.confined else [[p] for p in sources_of[a]]
+            for positions in runs:
                 off = values[part.source].copy()
-                off[:, sources_of[a]] = 0.0
-                changed = sessions[a].run(part.outputs, {**fed, part.source: off})
-                for name, value in zip(part.outputs, changed, strict=True):
-                    change = np.abs(_mean_response(value) - reference[name]).sum(axis=0)
-                    diagonal = sources_of[a]
-                    totals[(a, layer_of[name])][diagonal, diagonal] += change[diagonal]
-                continue
-            for position in sources_of[a]:
-                off = values[part.source].copy()
-                np.moveaxis(off, axis_of[part.source], 1)[:, position] = 0.0
-                feed = {**fed, **part.ablating(position), part.source: off}
+                np.moveaxis(off, axis_of[part.source], 1)[:, positions] = 0.0
+                feed = {**fed, **part.ablating(positions[0]), part.source: off}
                 changed = sessions[a].run(part.outputs, feed)
                 for name, value in zip(part.outputs, changed, strict=True):
                     response = _mean_response(value, axis_of[name])
                     change = np.abs(response - reference[name]).sum(axis=0)
-                    totals[(a, layer_of[name])][position] += change
+                    total = totals[(a, layer_of[name])]
+                    if part.confined:
+                        total[positions, positions] += change[positions]
+                    else:
+                        total[positions[0]] += change
     return {pair: total / len(images) for pair, total in totals.items()}
 
 

@@ -65,12 +65,12 @@ def link_weights(
     initializers = {init.name: init for init in chain.graph.initializer}
     muls = {layer: mul for layer, mul in score_muls(chain).items() if mul.input[1] in initializers}
     scored = {layer: mul.output[0] for layer, mul in muls.items()}
-    values = {
+    multipliers = {
         layer: numpy_helper.to_array(initializers[mul.input[1]]).reshape(-1)
         for layer, mul in muls.items()
     }
     # Only layers whose score vector lines up with their kept filters take part.
-    layers = {k for k in scored if k in kept and values[k].size == len(kept[k])}
+    layers = {k for k in scored if k in kept and multipliers[k].size == len(kept[k])}
 
     def axes_of(layer: str) -> int:
         return (axes or {}).get(layer, 1)
@@ -91,7 +91,7 @@ def link_weights(
     inner = [name for part in parts.values() for name in part.reads() if name != image]
     wanted = [scored[k] for k in layers] + inner
     totals = {(a, b): np.zeros((len(kept[a]), len(kept[b]))) for a, b in pairs}
-    sources_of = {a: _strongest(values[a]) for a in parts}
+    sources_of = {a: _strongest(multipliers[a]) for a in parts}
     # A chain that fixes its batch runs in pieces of it; each piece is its own whole run.
     step = fixed_batch(chain) or 32
     for start in range(0, len(images), step):

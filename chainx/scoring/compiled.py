@@ -26,7 +26,7 @@ from torch import fx, nn
 
 from chainx.scoring.model import ScoringModel, replace_modules
 from chainx.scoring.objective import Objective
-from chainx.scoring.reduced import REDUCE_FROM_REMOVED
+from chainx.scoring.reduced import worth_reducing
 from chainx.scoring.settings import OptimiseSettings, StepReport
 
 # Compile when the eager optimisation is projected to take longer than this: compilation
@@ -93,7 +93,7 @@ def compile_if_worth(
     """Compile the scored network when the steps left are worth it (`worth_compiling`);
     returns how the steps run: "compiled in N s", "eager", or why not compiled."""
     phases = 2 if settings.keep_ratio is not None and not settings.gradual else 1
-    if settings.keep_ratio is not None and settings.keep_ratio <= 1 - REDUCE_FROM_REMOVED:
+    if settings.keep_ratio is not None and worth_reducing(settings.keep_ratio):
         phases -= 1  # the budget's fine-tuning runs on the shrunk network, eagerly
     steps_left = settings.steps - 2 + phases * settings.finetune_steps
     device = torch.device(settings.device)

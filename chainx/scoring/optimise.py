@@ -131,41 +131,30 @@ def _finetune(
     phase: str = "fine-tune",
 ) -> list[torch.Tensor]:
     """Fine-tune the kept scores, mask fixed; returns the best multipliers seen."""
-    with shrunk_to_masks(scoring):
-        return _finetune_steps(scoring, objective, params, settings, report, phase)
-
-
-def _finetune_steps(
-    scoring: ScoringModel,
-    objective: Objective,
-    params: list[torch.Tensor],
-    settings: OptimiseSettings,
-    report: Callable[[str, int, int, float, float, float], None],
-    phase: str,
-) -> list[torch.Tensor]:
     adam = torch.optim.Adam(params, lr=settings.finetune_lr)
     best: tuple[float, float, list[torch.Tensor]] | None = None
     settled = 0  # steps running with the whole region in agreement
-    for step in range(settings.finetune_steps + 1):
-        adam.zero_grad()
-        loss, kl, agree = objective.step(
-            hinge=settings.hinge, margin=settings.margin, hold=settings.hold_margin
-        )
-        if objective.views:
-            # Judged on the region, not on this step's random views.
-            kl, agree = objective.evaluate()
-        # Keep the best state seen: highest agreement, then lowest KL.
-        if best is None or (agree, -kl) > (best[0], -best[1]):
-            best = (agree, kl, [m.detach().clone() for m in scoring.multipliers()])
-        settled = settled + 1 if agree == 1.0 else 0
-        patience = settings.finetune_patience
-        if step == settings.finetune_steps or (patience is not None and settled > patience):
-            break
-        adam.step()
-        with torch.no_grad():
-            for score in scoring.scores:
-                score.clamp_(min=0.0)
-        report(phase, step + 1, settings.finetune_steps, loss, kl, agree)
+    with shrunk_to_masks(scoring):
+        for step in range(settings.finetune_steps + 1):
+            adam.zero_grad()
+            loss, kl, agree = objective.step(
+                hinge=settings.hinge, margin=settings.margin, hold=settings.hold_margin
+            )
+            if objective.views:
+                # Judged on the region, not on this step's random views.
+                kl, agree = objective.evaluate()
+            # Keep the best state seen: highest agreement, then lowest KL.
+            if best is None or (agree, -kl) > (best[0], -best[1]):
+                best = (agree, kl, [m.detach().clone() for m in scoring.multipliers()])
+            settled = settled + 1 if agree == 1.0 else 0
+            patience = settings.finetune_patience
+            if step == settings.finetune_steps or (patience is not None and settled > patience):
+                break
+            adam.step()
+            with torch.no_grad():
+                for score in scoring.scores:
+                    score.clamp_(min=0.0)
+            report(phase, step + 1, settings.finetune_steps, loss, kl, agree)
     return best[2]
 
 

@@ -64,10 +64,9 @@ def _input_shape(point: ScorePoint, count: int) -> list[int]:
     return shape
 
 
-def worth_reducing(masks: list[np.ndarray]) -> bool:
-    kept = sum(int(mask.sum()) for mask in masks)
-    total = sum(len(mask) for mask in masks)
-    return kept <= (1 - REDUCE_FROM_REMOVED) * total
+def worth_reducing(kept_share: float) -> bool:
+    """Whether a mask keeping this share of the filters is worth shrinking the network to."""
+    return kept_share <= 1 - REDUCE_FROM_REMOVED
 
 
 def reduced_model(
@@ -129,9 +128,9 @@ def reduce(
 def shrunk_to_masks(scoring: ScoringModel) -> Iterator[bool]:
     """Within: the scored steps run on the network shrunk to the scoring model's masks,
     where the masks remove enough (`worth_reducing`). Yields whether they do."""
-    masks = [mask.cpu().numpy() for mask in scoring.masks]
+    kept = sum(int(mask.sum()) for mask in scoring.masks)
     reduced = None
-    if worth_reducing(masks):
+    if worth_reducing(kept / sum(scoring.channels)):
         try:
             reduced = reduce(scoring.source, scoring.points, scoring.masks)
         except Exception:  # noqa: BLE001

@@ -7,7 +7,8 @@ import onnx
 from conftest import inputs_for, random_multipliers, tiny_model
 from onnx import numpy_helper
 
-from chainx.chain.verify import check_exact_copies, check_exactness, fidelity
+from chainx.chain.copies import check_exact_copies
+from chainx.chain.verify import check_exactness, fidelity
 from chainx.channels.surgery import shrink
 from chainx.onnx.normalise import normalise
 from chainx.onnx.runtime import run, session

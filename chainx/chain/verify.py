@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
 
+from chainx.chain.copies import CopyCheck, check_exact_copies
 from chainx.channels.emitter import WeightSlice
 from chainx.onnx.macs import count_macs
 from chainx.onnx.passes.float16 import float16_form
-from chainx.onnx.runtime import as_input, run, session
+from chainx.onnx.runtime import as_input, batches, run, session
 
 EXACTNESS_TOLERANCE = 1e-4
 # A float16 chain rounds every value to 11 significant bits, against the float32 scoring
@@ -39,90 +39,6 @@ def check_exactness(
     scale = float(np.abs(expected).max())
     tolerance = relative * scale
     return Exactness(diff, scale, tolerance, bool(diff <= tolerance))
-
-
-def _constant(model: onnx.ModelProto, name: str) -> np.ndarray | None:
-    """A constant by name, looking through Identity nodes and Constant ops."""
-    producers = {out: node for node in model.graph.node for out in node.output}
-    for _ in range(len(model.graph.node) + 1):
-        for init in model.graph.initializer:
-            if init.name == name:
-                return numpy_helper.to_array(init, base_dir="")
-        node = producers.get(name)
-        if node is None:
-            return None
-        if node.op_type == "Constant":
-            value = next((a for a in node.attribute if a.name == "value"), None)
-            return None if value is None else numpy_helper.to_array(value.t)
-        if node.op_type != "Identity":
-            return None
-        name = node.input[0]
-    return None
-
-
-@dataclass
-class CopyCheck:
-    checked: int
-    mismatched: list[str]
-
-    @property
-    def passed(self) -> bool:
-        return not self.mismatched
-
-
-def check_exact_copies(
-    chain: onnx.ModelProto,
-    original: onnx.ModelProto,
-    slices: list[WeightSlice],
-    normalised: onnx.ModelProto | None = None,
-) -> CopyCheck:
-    """Every Conv and Gemm weight in the chain equals a slice of the original, bit for bit.
-
-    A node is looked up by name in the user's model; one that only normalisation named
-    (the user's node had no name) is looked up in the normalised model, whose weights are
-    the user's, untouched. A MatMul of two activations (attention's QKᵀ and softmax·V)
-    holds no weight and is not checked.
-    """
-    recorded = {s.node: s for s in slices}
-    original_nodes = {node.name: (node, original) for node in original.graph.node}
-    for node in normalised.graph.node if normalised is not None else []:
-        original_nodes.setdefault(node.name, (node, normalised))
-    mismatched: list[str] = []
-    checked = 0
-    computed = {
-        name
-        for node in chain.graph.node
-        if node.op_type not in {"Constant", "Identity"}
-        for name in node.output
-    } | {chain.graph.input[0].name}
-    for node in chain.graph.node:
-        if node.op_type not in {"Conv", "Gemm", "MatMul"}:
-            continue
-        if node.op_type == "MatMul" and node.input[1] in computed:
-            continue
-        checked += 1
-        source, owner = original_nodes.get(node.name, (None, original))
-        weight = _constant(chain, node.input[1])
-        entry = recorded.get(node.name)
-        if source is None or weight is None:
-            mismatched.append(f"{node.name}: no source node of that name in the original")
-            continue
-        reference = _constant(owner, source.input[1])
-        if reference is None:
-            mismatched.append(f"{node.name}: its original weight is not a constant")
-            continue
-        if entry is not None:
-            index = [np.asarray(a, np.int64) for a in entry.axes]
-            index += [np.arange(n) for n in reference.shape[len(index) :]]
-            reference = reference[np.ix_(*index)]
-        same = (
-            weight.shape == reference.shape
-            and weight.dtype == reference.dtype
-            and weight.tobytes() == reference.tobytes()
-        )
-        if not same:
-            mismatched.append(f"{node.name}: weight differs from its source slice")
-    return CopyCheck(checked, mismatched)
 
 
 def log_softmax(values: np.ndarray, kind: str) -> np.ndarray:
@@ -289,7 +205,8 @@ class ModelCost:
     parameters: int
     file_bytes: int
     macs: int  # multiply–accumulates per image (onnx/macs.py)
-    latency_ms: float
+    latency_ms: float  # of one run of `latency_images` images
+    latency_images: int = 1  # more where the model fixes its batch (it then runs no fewer)
 
 
 def model_cost(model: Path | onnx.ModelProto, image: np.ndarray, repeats: int = 30) -> ModelCost:
@@ -303,13 +220,17 @@ def model_cost(model: Path | onnx.ModelProto, image: np.ndarray, repeats: int = 
     parameters = int(sum(np.prod(init.dims) for init in proto.graph.initializer))
     sess = session(model, optimised=True, cpu=True, threads=1)
     latency = median_latency_ms(sess, image, repeats)
-    return ModelCost(parameters, size, count_macs(proto, image), latency)
+    fixed = sess.get_inputs()[0].shape[0]
+    images = max(len(image), fixed if isinstance(fixed, int) else 0)
+    return ModelCost(parameters, size, count_macs(proto, image), latency, images)
 
 
 def median_latency_ms(sess: ort.InferenceSession, images: np.ndarray, repeats: int) -> float:
     """The median of `repeats` timed runs of `images` (N, C, H, W), after 3 to warm up."""
     model_input = sess.get_inputs()[0]
-    feed = {model_input.name: as_input(model_input, images)}
+    # A model with a fixed batch runs its batch at a time: the first, padded if need be.
+    batch, _ = next(batches(model_input, images, len(images)))
+    feed = {model_input.name: as_input(model_input, batch)}
     for _ in range(3):
         sess.run(None, feed)
     timings = []

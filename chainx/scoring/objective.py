@@ -7,6 +7,7 @@ import torch
 
 from chainx.errors import ChainxError
 from chainx.scoring.model import ScoringModel, log_probabilities
+from chainx.scoring.settings import REFERENCE_MARGIN
 
 
 def _jitter(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -35,6 +36,23 @@ def _mix(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     partners = (torch.arange(count) + shifts) % count
     weights = torch.rand(count, generator=generator).to(images.device)[:, None, None, None]
     return weights * images + (1 - weights) * images[partners.to(images.device)]
+
+
+def output_scale(log_p: torch.Tensor) -> float:
+    """The temperature at which the region's median top-1 margin is REFERENCE_MARGIN, or 1
+    where it is smaller.
+
+    Why: a model whose logits are in the thousands (the ONNX zoo's CNTK MNIST, margins of
+    ~3,600 nats) gives a KL that is flat until a chain's margins have shrunk a
+    thousandfold, so the L1 drives every score to zero together before the KL can tell
+    filters apart. Top-1 agreement, what the chain must keep, is the same at any
+    temperature.
+    """
+    if log_p.shape[-1] < 2:
+        return 1.0
+    top = log_p.topk(2, dim=-1).values
+    margin = float((top[:, 0] - top[:, 1]).median())
+    return max(1.0, margin / REFERENCE_MARGIN)
 
 
 class Objective:
@@ -71,10 +89,19 @@ class Objective:
         self.generator = torch.Generator().manual_seed(seed)
         self.count = len(images)
         self.fixed: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.scale = 1.0
+        self.scale = output_scale(torch.cat([target for _, target in self.clean()]))
+        if self.scale != 1.0:  # the region's targets as log_q reads them
+            self.fixed = [(x, torch.log_softmax(t / self.scale, -1)) for x, t in self.fixed]
+
+    def log_q(self, output: torch.Tensor) -> torch.Tensor:
+        """The model's log-probabilities as the objective reads them: at `scale`."""
+        log_q = log_probabilities(output, self.kind)
+        return log_q if self.scale == 1.0 else torch.log_softmax(log_q / self.scale, dim=-1)
 
     def _targets(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return log_probabilities(self.scoring.unscored(images), self.kind)
+            return self.log_q(self.scoring.unscored(images))
 
     def batches(self, augment: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The region in batches with the original's log-probabilities as targets: the
@@ -128,7 +155,7 @@ class Objective:
         kl, agree = 0.0, 0
         with torch.no_grad():
             for batch, target in self.clean():
-                log_q = log_probabilities(self.scoring(batch), self.kind)
+                log_q = self.log_q(self.scoring(batch))
                 kl += float(_kl(target, log_q))
                 agree += int((log_q.argmax(-1) == target.argmax(-1)).sum())
         return kl / self.count, agree / self.count
@@ -153,7 +180,7 @@ class Objective:
         batches = self.batches(augment)
         count = sum(len(batch) for batch, _ in batches)
         for batch, target in batches:
-            log_q = log_probabilities(self.scoring(batch), self.kind)
+            log_q = self.log_q(self.scoring(batch))
             kl = self.fidelity(target, log_q) / count
             if hinge:
                 top = target.argmax(-1, keepdim=True)
@@ -201,7 +228,7 @@ def region_signal(objective: Objective) -> float:
     with torch.no_grad():
         for images, target in objective.clean():
             off = [torch.zeros(p.channels, device=images.device) for p in scoring.points]
-            log_q = log_probabilities(scoring.run(images, off), objective.kind)
+            log_q = objective.log_q(scoring.run(images, off))
             total += float(_kl(target, log_q))
     signal = total / objective.count
     # NaN (the network cannot run with every filter off): count it as a strong signal.

@@ -22,7 +22,6 @@ filters fall together at any λ (docs/method.md).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -32,6 +31,14 @@ import numpy as np
 import torch
 
 from chainx.errors import ChainxError
+from chainx.scoring.budget import (
+    FLOOR,
+    Persistence,
+    enough_to_cut,
+    gradual_keep,
+    hold_floor,
+    keep_top,
+)
 from chainx.scoring.compiled import compile_if_worth
 from chainx.scoring.frontier import FrontierRecorder
 from chainx.scoring.model import ScoringModel
@@ -49,54 +56,17 @@ def _kept(scoring: ScoringModel, tau: float) -> int:
         return int(sum((m > tau).sum() for m in scoring.multipliers()))
 
 
-def _keep_top(scoring: ScoringModel, fraction: float, final: bool = False) -> None:
-    """Mask all but the `fraction` of filters with the largest multipliers.
-
-    Until the final cut a filter at zero stays unmasked, so that it can still come back.
-    """
-    with torch.no_grad():
-        values = [m.detach() for m in scoring.multipliers()]
-        flat = torch.cat(values)
-        budget = max(1, math.ceil(fraction * len(flat)))
-        keep = torch.zeros_like(flat, dtype=torch.bool)
-        keep[torch.topk(flat, budget).indices] = True  # exactly the budget, ties or not
-        if final:
-            keep &= flat > 0
-        scoring.masks = list(torch.split(keep, [len(v) for v in values]))
-
-
-def _gradual_keep(step: int, total: int, keep_ratio: float) -> float:
-    """The kept fraction at a step: 1 until 10% of the steps, the budget from 70% on.
-
-    Cubic in between, as in gradual magnitude pruning: large cuts early while many filters
-    are redundant, small ones late, so the scores can adapt to each cut.
-    """
-    start, end = 0.1 * total, 0.7 * total
-    progress = min(max((step - start) / max(end - start, 1), 0.0), 1.0)
-    return keep_ratio + (1 - keep_ratio) * (1 - progress) ** 3
-
-
-def _enough_to_cut(scoring: ScoringModel, settings: OptimiseSettings) -> int:
-    """Filters above τ at which sparsification may stop (`sparsify_until`), or -1: never.
-
-    Why: the cut to the budget holds once sparsification has weaned the network to about
-    twice the budget; cut from three times it, the outputs collapsed (docs/performance.md).
-    """
-    if settings.sparsify_until is None or settings.keep_ratio is None or settings.gradual:
-        return -1
-    budget = math.ceil(settings.keep_ratio * sum(scoring.channels))
-    return math.floor(settings.sparsify_until * budget)
-
-
 def _threshold(
     scoring: ScoringModel,
     settings: OptimiseSettings,
     lam: float,
     history: list[StepReport],
-    by_budget: bool = True,
+    persistence: Persistence | None = None,
 ) -> None:
-    if settings.keep_ratio is not None and by_budget:
-        _keep_top(scoring, settings.keep_ratio, final=True)
+    """The mask after phase 1: the budget's top filters with `persistence` (its cut), or
+    every filter above τ without."""
+    if settings.keep_ratio is not None and persistence is not None:
+        keep_top(scoring, settings.keep_ratio, final=True, persistence=persistence)
     else:
         with torch.no_grad():
             values = [m.detach() for m in scoring.multipliers()]
@@ -129,11 +99,15 @@ def _finetune(
     settings: OptimiseSettings,
     report: Callable[[str, int, int, float, float, float], None],
     phase: str = "fine-tune",
+    floor: float = 0.0,
 ) -> list[torch.Tensor]:
-    """Fine-tune the kept scores, mask fixed; returns the best multipliers seen."""
+    """Fine-tune the kept scores, mask fixed, each kept ≥ `floor`; returns the best
+    multipliers seen."""
     adam = torch.optim.Adam(params, lr=settings.finetune_lr)
     best: tuple[float, float, list[torch.Tensor]] | None = None
     settled = 0  # steps running with the whole region in agreement
+    if floor:
+        hold_floor(scoring, floor)
     with shrunk_to_masks(scoring):
         for step in range(settings.finetune_steps + 1):
             adam.zero_grad()
@@ -154,6 +128,8 @@ def _finetune(
             with torch.no_grad():
                 for score in scoring.scores:
                     score.clamp_(min=0.0)
+            if floor:
+                hold_floor(scoring, floor)
             report(phase, step + 1, settings.finetune_steps, loss, kl, agree)
     return best[2]
 
@@ -238,7 +214,8 @@ def optimise(
     adam = torch.optim.Adam(params, lr=settings.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(adam, max(settings.steps, 1))
     stable, previous, steps, strength = 0, None, 0, 1.0
-    enough = _enough_to_cut(scoring, settings)
+    enough = enough_to_cut(scoring, settings)
+    persistence = Persistence(scoring)
     compiled, step_started = "eager", time.perf_counter()
     for step in range(settings.steps):
         if step == 2:  # the first step warms up; the second is a typical one
@@ -267,7 +244,8 @@ def optimise(
                 score.clamp_(min=0.0)
         steps = step + 1
         if settings.keep_ratio is not None and settings.gradual:
-            _keep_top(scoring, _gradual_keep(steps, settings.steps, settings.keep_ratio))
+            keep_top(scoring, gradual_keep(steps, settings.steps, settings.keep_ratio))
+        persistence.observe()
         report("sparsify", steps, settings.steps, loss, kl, agree)
         if history[-1].kept <= enough:
             break
@@ -282,10 +260,12 @@ def optimise(
 
     if recorder is not None:
         recorder.finish(steps)
-    final = threshold_and_finetune(scoring, objective, settings, requested_lam, history, report)
+    final = threshold_and_finetune(
+        scoring, objective, settings, requested_lam, history, report, persistence
+    )
     gates = torch.sigmoid(scoring.gates).detach().cpu().numpy()
     multipliers = as_arrays(scoring, final)
-    cuts = _frontier_cuts(scoring, objective, params, settings, recorder, report)
+    cuts = _frontier_cuts(scoring, objective, params, settings, recorder, report, persistence)
     return OptimiseResult(
         multipliers=multipliers,
         gates={point.layer: float(g) for point, g in zip(scoring.points, gates, strict=True)},
@@ -295,6 +275,7 @@ def optimise(
         history=history,
         frontier=cuts,
         signal=signal,
+        output_scale=objective.scale,
         compiled=compiled,
     )
 
@@ -306,20 +287,25 @@ def threshold_and_finetune(
     requested_lam: float,
     history: list[StepReport],
     report: Callable[[str, int, int, float, float, float], None],
+    persistence: Persistence,
 ) -> list[torch.Tensor]:
     """What follows phase 1, from the scores as they are: the mask, then phase 2; returns
     the best multipliers seen. `settings` are the scaled ones (`region_objective`);
     `requested_lam` and `history` only word the error when nothing is kept."""
     params = [*scoring.scores, scoring.gates]
-    if settings.keep_ratio is not None and not settings.gradual:
+    if settings.keep_ratio is None:
+        _threshold(scoring, settings, requested_lam, history)
+        return _finetune(scoring, objective, params, settings, report)
+    if not settings.gradual:
         # Fine-tune everything above τ first, then cut to the budget and fine-tune again:
         # the scores the first fine-tuning settles rank the filters better than phase 1's.
-        _threshold(scoring, settings, requested_lam, history, by_budget=False)
-        _finetune(scoring, objective, params, settings, report)
-        _threshold(scoring, settings, requested_lam, history)
-        return _finetune(scoring, objective, params, settings, report, "fine-tune (budget)")
-    _threshold(scoring, settings, requested_lam, history)
-    return _finetune(scoring, objective, params, settings, report)
+        if any(bool((m > settings.tau).any()) for m in scoring.multipliers()):
+            _threshold(scoring, settings, requested_lam, history)
+            _finetune(scoring, objective, params, settings, report)
+        keep_top(scoring, settings.keep_ratio, final=True, persistence=persistence)
+        return _finetune(scoring, objective, params, settings, report, "fine-tune (budget)", FLOOR)
+    keep_top(scoring, settings.keep_ratio, final=True, persistence=persistence)
+    return _finetune(scoring, objective, params, settings, report, floor=FLOOR)
 
 
 def as_arrays(scoring: ScoringModel, values: list[torch.Tensor]) -> dict[str, np.ndarray]:
@@ -336,6 +322,7 @@ def _frontier_cuts(
     settings: OptimiseSettings,
     recorder: FrontierRecorder | None,
     report: Callable[[str, int, int, float, float, float], None],
+    persistence: Persistence,
 ) -> list[FrontierCut]:
     """Each budget cut from its state on the score path (or the final one), exactly to
     the budget, then fine-tuned as the chain is."""
@@ -343,10 +330,8 @@ def _frontier_cuts(
     for budget in recorder.budgets if recorder is not None else []:
         state, source = recorder.start_of(budget)
         state.restore(scoring)
-        _keep_top(scoring, budget, final=True)
-        if not any(mask.any() for mask in scoring.masks):
-            continue  # nothing left to keep at this budget
-        final = _finetune(scoring, objective, params, settings, report, f"keep {budget:g}")
+        keep_top(scoring, budget, final=True, persistence=persistence)
+        final = _finetune(scoring, objective, params, settings, report, f"keep {budget:g}", FLOOR)
         cuts.append(FrontierCut(budget, as_arrays(scoring, final), source, state.step))
     return cuts
 
@@ -376,13 +361,10 @@ def finetune_selection(
             score.copy_(mask.to(score.dtype))
         scoring.gates.fill_(scoring.gate_init)
     scoring.masks = kept
-
-    def floor(*report: object) -> None:
-        # _finetune reports after each update and its clamp at 0, before the next evaluation.
-        if min_score > 0:
-            with torch.no_grad():
-                for score, mask in zip(scoring.scores, kept, strict=True):
-                    score.copy_(torch.where(mask, score.clamp(min=min_score), score))
-
-    final = _finetune(scoring, objective, [*scoring.scores, scoring.gates], settings, floor)
+    params = [*scoring.scores, scoring.gates]
+    final = _finetune(scoring, objective, params, settings, _quiet, floor=min_score)
     return as_arrays(scoring, final)
+
+
+def _quiet(*report: object) -> None:
+    """No progress to report (a baseline's fine-tuning)."""

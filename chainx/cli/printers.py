@@ -110,6 +110,12 @@ class TrialProgress:
         )
 
 
+def _batch_note(cost: dict) -> str:
+    """Where the original fixes a batch of N, its latency is of N images at once."""
+    images = cost.get("latency_images", 1)
+    return f" (the original runs {images} images at a time)" if images > 1 else ""
+
+
 def percent(value: float) -> str:
     return f"{100 * value:.1f}%"
 
@@ -165,7 +171,8 @@ def print_chain_summary(data: dict) -> None:
             f"parameters {chain['parameters']:,} vs {original['parameters']:,}, "
             f"file {chain['file_bytes']:,} B vs {original['file_bytes']:,} B, "
             f"MACs {chain['macs']:,} vs {original['macs']:,}, "
-            f"latency {chain['latency_ms']:.2f} ms vs {original['latency_ms']:.2f} ms",
+            f"latency {chain['latency_ms']:.2f} ms vs {original['latency_ms']:.2f} ms"
+            + _batch_note(original),
         )
     deploy = metrics.get("deploy")
     if deploy:

@@ -108,6 +108,27 @@ def _as_float32(values: np.ndarray) -> np.ndarray:
     return values.astype(np.float32) if values.dtype == np.float16 else values
 
 
+def batches(
+    model_input: ort.NodeArg, images: np.ndarray, batch_size: int
+) -> Iterator[tuple[np.ndarray, int]]:
+    """`images` in batches of `batch_size`, or of the model's fixed batch where its input
+    has one, the last then padded with copies of the last image: (batch, images in it)."""
+    fixed = model_input.shape[0]
+    if not (isinstance(fixed, int) and fixed > 0):
+        for start in range(0, len(images), batch_size):
+            yield images[start : start + batch_size], len(images[start : start + batch_size])
+        return
+    for start in range(0, len(images), fixed):
+        yield pad_batch(images[start : start + fixed], fixed), len(images[start : start + fixed])
+
+
+def pad_batch(images: np.ndarray, size: int) -> np.ndarray:
+    """`images` padded to `size` with copies of the last: a model with a fixed batch takes
+    no fewer."""
+    missing = size - len(images)
+    return np.concatenate([images, np.repeat(images[-1:], missing, axis=0)]) if missing else images
+
+
 def run(
     sess: ort.InferenceSession,
     images: np.ndarray,
@@ -117,14 +138,10 @@ def run(
 ) -> np.ndarray:
     """The model's output for `images` (its first input and output unless named)."""
     model_input = next(i for i in sess.get_inputs() if input_name in (None, i.name))
-    fixed = model_input.shape[0]
-    step = fixed if isinstance(fixed, int) else batch_size
     wanted = [output_name] if output_name else None
     outputs = [
-        _as_float32(
-            sess.run(wanted, {model_input.name: as_input(model_input, images[i : i + step])})[0]
-        )
-        for i in range(0, len(images), step)
+        _as_float32(sess.run(wanted, {model_input.name: as_input(model_input, batch)})[0])[:count]
+        for batch, count in batches(model_input, images, batch_size)
     ]
     return np.concatenate(outputs).reshape(len(images), -1)
 
@@ -150,12 +167,17 @@ def tensor_batches(
     if not names:  # onnxruntime would read an empty list as every output
         return
     model_input = sess.get_inputs()[0]
-    fixed = model_input.shape[0]
-    step = fixed if isinstance(fixed, int) else batch_size
-    for start in range(0, len(images), step):
-        batch = as_input(model_input, images[start : start + step])
-        values = [_as_float32(value) for value in sess.run(names, {model_input.name: batch})]
+    for batch, count in batches(model_input, images, batch_size):
+        feed = {model_input.name: as_input(model_input, batch)}
+        values = [_padded_off(_as_float32(v), count, len(batch)) for v in sess.run(names, feed)]
         yield dict(zip(names, values, strict=True))
+
+
+def _padded_off(value: np.ndarray, count: int, size: int) -> np.ndarray:
+    """A tensor of a batch of `size` images, padded after `count`, without the padding
+    (where its first axis is the batch; a shape or a token-first tensor as it is)."""
+    padded = isinstance(value, np.ndarray) and value.ndim and count < size == len(value)
+    return value[:count] if padded else value
 
 
 def run_tensors(

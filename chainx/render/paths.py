@@ -22,7 +22,7 @@ from onnx import numpy_helper
 
 from chainx.onnx.graph import fixed_batch
 from chainx.onnx.normalise import float32_channels_first
-from chainx.onnx.runtime import run_tensors, session
+from chainx.onnx.runtime import pad_batch, run_tensors, session
 from chainx.onnx.score_points import score_muls
 from chainx.render.ablation import ablation_part
 from chainx.render.layers import unit_name
@@ -93,17 +93,21 @@ def link_weights(
     totals = {(a, b): np.zeros((len(kept[a]), len(kept[b]))) for a, b in pairs}
     sources_of = {a: _strongest(multipliers[a]) for a in parts}
     # A chain that fixes its batch runs in pieces of it; each piece is its own whole run.
-    step = fixed_batch(chain) or 32
+    fixed = fixed_batch(chain)
+    step = fixed or 32
     for start in range(0, len(images), step):
         piece = images[start : start + step]
+        count = len(piece)
+        piece = pad_batch(piece, fixed) if fixed else piece
         values = run_tensors(chain, piece, wanted, batch_size=len(piece), cpu=True)
         values[image] = piece
         for a, part in parts.items():
             # The reference from the same session: an unreached filter's response is then
             # the same bits with and without the ablation, its link exactly 0.
             fed, unchanged = part.unablated(sessions[a], values)
+            # Padding's images (a fixed batch) are run, not counted.
             reference = {
-                name: _mean_response(value, axis_of[name])
+                name: _mean_response(value, axis_of[name])[:count]
                 for name, value in zip(part.outputs, unchanged, strict=True)
             }
             # A confined part's filters are all switched off in one run (`AblationPart`).
@@ -114,7 +118,7 @@ def link_weights(
                 feed = {**fed, **part.ablating(positions[0]), part.source: off}
                 changed = sessions[a].run(part.outputs, feed)
                 for name, value in zip(part.outputs, changed, strict=True):
-                    response = _mean_response(value, axis_of[name])
+                    response = _mean_response(value, axis_of[name])[:count]
                     change = np.abs(response - reference[name]).sum(axis=0)
                     total = totals[(a, layer_of[name])]
                     if part.confined:

@@ -30,6 +30,7 @@ from chainx.onnx.runtime import with_outputs
 from chainx.onnx.score_points import score_muls
 from chainx.render.featuremaps import displayable, file_stem, png_bytes
 from chainx.scoring.memory import keep_freed_memory
+from chainx.scoring.model import padded_batches
 
 # Colour correlation of natural images (square root of the RGB covariance), as in Lucid.
 COLOUR = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
@@ -96,8 +97,8 @@ def _run_probe(
     if not fixed_batch or len(x) == fixed_batch:
         outputs = list(module(x)[1:])
     else:
-        pieces = [module(chunk)[1:] for chunk in torch.split(x, fixed_batch)]
-        outputs = [torch.cat(layer) for layer in zip(*pieces, strict=True)]
+        pieces = [module(chunk)[1:] for chunk in padded_batches(x, fixed_batch)]
+        outputs = [torch.cat(layer)[: len(x)] for layer in zip(*pieces, strict=True)]
     return [unit_view(value, kind) for value, kind in zip(outputs, kinds, strict=True)]
 
 

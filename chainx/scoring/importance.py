@@ -79,13 +79,15 @@ def taylor(scoring: ScoringModel, images: np.ndarray, kind: str) -> Importance:
     """|Σ_xy a·∂L/∂a| per image, as the gradient of per-image multipliers at 1."""
     import torch
 
-    from chainx.scoring.model import log_probabilities
+    from chainx.scoring.model import log_probabilities, padded_batches
 
     scoring.to("cpu")
     total = {p.layer: np.zeros(p.channels) for p in scoring.points}
     step = scoring.fixed_batch or 16
     for start in range(0, len(images), step):
-        batch = torch.from_numpy(images[start : start + step])
+        piece = torch.from_numpy(images[start : start + step])
+        count = len(piece)  # a fixed batch is filled with copies, which do not count
+        (batch,) = padded_batches(piece, step) if scoring.fixed_batch else (piece,)
         with torch.no_grad():
             target = scoring.unscored(batch).reshape(len(batch), -1).argmax(-1)
         multipliers = [
@@ -99,7 +101,8 @@ def taylor(scoring: ScoringModel, images: np.ndarray, kind: str) -> Importance:
         )
         grads = torch.autograd.grad(loss, multipliers)
         for point, grad in zip(scoring.points, grads, strict=True):
-            total[point.layer] += grad.reshape(len(batch), -1).abs().sum(0).double().numpy()
+            per_image = grad.reshape(len(batch), -1)[:count]
+            total[point.layer] += per_image.abs().sum(0).double().numpy()
     return {layer: value / len(images) for layer, value in total.items()}
 
 

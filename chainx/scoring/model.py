@@ -16,7 +16,7 @@ import onnx
 import torch
 from torch import fx, nn
 
-from chainx.errors import ChainxError
+from chainx.errors import ChainxError, NodeFault
 from chainx.onnx.graph import fixed_batch
 from chainx.onnx.score_points import ScorePoint, scored_model
 from chainx.scoring.memory import keep_freed_memory
@@ -89,6 +89,42 @@ class ReducedNetwork:
         ]
 
 
+def padded_batches(x: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """`x` in batches of a model's fixed batch `size`, the last padded with copies of its
+    last image: the caller keeps the first len(x) outputs."""
+    missing = -len(x) % size
+    if missing:
+        x = torch.cat([x, x[-1:].expand(missing, *x.shape[1:])])
+    return list(torch.split(x, size))
+
+
+def failing_node(
+    net: nn.Module, x: torch.Tensor, shaped: list[torch.Tensor]
+) -> tuple[str, str] | None:
+    """Rerun `net` (an onnx2torch graph, whose modules are named after the ONNX nodes) one
+    node at a time: the (node, op type) that raises, or None where nothing does."""
+    graph = getattr(net, "_orig_mod", net)  # under torch.compile, the eager module
+    if not isinstance(graph, fx.GraphModule):
+        return None
+    current: list[fx.Node] = []
+
+    class Tracker(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> object:
+            current[:] = [n]
+            return super().run_node(n)
+
+    try:
+        with torch.no_grad():
+            Tracker(graph).run(x, *shaped)
+    except Exception:  # noqa: BLE001 - any failure: the node it happened at is the answer
+        node = current[0] if current else None
+        if node is None or node.op != "call_module":
+            return None
+        op = type(graph.get_submodule(node.target)).__name__.removeprefix("Onnx")
+        return str(node.target), op
+    return None
+
+
 class ScoringModel(nn.Module):
     """The original network, frozen, with learnable per-filter scores and per-layer gates."""
 
@@ -154,9 +190,19 @@ class ScoringModel(nn.Module):
             # onnx2torch's Slice indexes with a list; torch warns about it on every call.
             warnings.filterwarnings("ignore", message="Using a non-tuple", category=UserWarning)
             if self.fixed_batch and len(x) != self.fixed_batch:
-                chunks = torch.split(x, self.fixed_batch)
-                return torch.cat([net(chunk, *shaped) for chunk in chunks])
+                pieces = padded_batches(x, self.fixed_batch)
+                return torch.cat([self._net(net, piece, shaped) for piece in pieces])[: len(x)]
+            return self._net(net, x, shaped)
+
+    @staticmethod
+    def _net(net: nn.Module, x: torch.Tensor, shaped: list[torch.Tensor]) -> torch.Tensor:
+        try:
             return net(x, *shaped)
+        except RuntimeError as exc:
+            where = failing_node(net, x, shaped)
+            if where is None:
+                raise
+            raise NodeFault(*where, exc) from exc
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reduced is not None:

@@ -39,7 +39,7 @@ from zennit.types import Convolution
 
 from chainx.errors import ChainxError
 from chainx.scoring.importance import Importance
-from chainx.scoring.model import ScoringModel
+from chainx.scoring.model import ScoringModel, padded_batches
 
 # epsilon-plus: z+ on convolutions, ε on dense layers (zennit's EpsilonPlus), as in Yeom et
 # al.; epsilon: ε everywhere, which conserves the relevance exactly where biases are zero.
@@ -152,13 +152,18 @@ def relevance(
     with composite(rule).context(net) as hooked:
         for start in range(0, len(images), step):
             taps.clear()
-            batch = torch.from_numpy(images[start : start + step]).requires_grad_(True)
+            piece = torch.from_numpy(images[start : start + step])
+            count = len(piece)
+            # A fixed batch is filled with copies; they start with no relevance.
+            (batch,) = padded_batches(piece, step) if scoring.fixed_batch else (piece,)
+            batch.requires_grad_(True)
             ones = [torch.ones(p.shape) for p in scoring.points]
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Using a non-tuple", category=UserWarning)
                 output = hooked(batch, *ones).reshape(len(batch), -1)
             top = output.argmax(-1, keepdim=True)
             start_relevance = torch.zeros_like(output).scatter(-1, top, output.gather(-1, top))
+            start_relevance[count:] = 0
             torch.autograd.grad(output, batch, start_relevance.detach())
             for index, point in enumerate(scoring.points):
                 if index in taps:  # else no relevance reaches the point

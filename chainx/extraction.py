@@ -11,7 +11,7 @@ from pathlib import Path
 from chainx.chain.export import chain_summary
 from chainx.chain.result import ExtractResult, LayerGraph, layer_results
 from chainx.chain.verify import ChainVerification, model_cost
-from chainx.errors import UnfaithfulChainError
+from chainx.errors import UnfaithfulChainError, stage
 from chainx.frontier import frontier_chains
 from chainx.onnx.graph import GraphIndex
 from chainx.pipeline import Listener, build_chain, build_deploy, open_model, optimise_scores
@@ -20,6 +20,7 @@ from chainx.render.frontier_plot import frontier_plot
 from chainx.render.layers import layer_edges
 from chainx.render.paths import link_weights, strongest_paths
 from chainx.render.report import predictions, report_html
+from chainx.scoring.settings import REFERENCE_MARGIN
 from chainx.settings import ExtractSettings, read_class_names
 from chainx.version import __version__
 
@@ -90,6 +91,12 @@ def extract(
 
     scores = optimise_scores(source, region, settings.optimise, listener.step, settings.frontier)
     timings["optimise_s"] = scores.result.seconds
+    if (scale := scores.result.output_scale) > 1:
+        listener.message(
+            f"objective: the region's median top-1 margin is {scale * REFERENCE_MARGIN:,.0f} "
+            f"nats, at which the KL is flat; it reads the outputs at temperature {scale:,.0f} "
+            f"(margin {REFERENCE_MARGIN:g})"
+        )
     settings_record = source.settings_record(scores.settings)
     chain = build_chain(
         source, scores.scoring, scores.result.multipliers, region, held, settings_record
@@ -117,8 +124,9 @@ def extract(
     }
     mark = time.perf_counter()
     axes = {p.layer: p.axis for p in source.points if p.axis != 1}
-    links = link_weights(chain.model, region.array, scored_units, edges, axes)
-    paths = strongest_paths(links, scored_units, order)
+    with stage("inference paths"):
+        links = link_weights(chain.model, region.array, scored_units, edges, axes)
+        paths = strongest_paths(links, scored_units, order)
     if paths:
         listener.message(f"strongest inference path: {paths[0].describe(names)}")
     timings["paths_s"] = time.perf_counter() - mark
@@ -131,11 +139,12 @@ def extract(
             f"{deploy.check.max_abs_diff:.3g} (tolerance {deploy.check.tolerance:.3g}); "
             "deploy chain.onnx"
         )
-    cost = {
-        "original": asdict(model_cost(model, region.array[:1])),
-        "chain": asdict(model_cost(chain.model, region.array[:1])),
-        "deploy": asdict(deploy.cost),
-    }
+    with stage("cost"):
+        cost = {
+            "original": asdict(model_cost(model, region.array[:1])),
+            "chain": asdict(model_cost(chain.model, region.array[:1])),
+            "deploy": asdict(deploy.cost),
+        }
     graph = LayerGraph(
         layers,
         edges,
@@ -143,17 +152,18 @@ def extract(
         [layer for layer, _ in paths[0].filters] if paths else [],
     )
     mark = time.perf_counter()
-    drawn = render_files(
-        chain.model,
-        graph,
-        f"{model.stem} · {images.name}",
-        region.array,
-        source.prep,
-        scored_units,
-        multipliers,
-        settings.filter_images,
-        {p.layer: p.kind for p in source.points},
-    )
+    with stage("draw"):
+        drawn = render_files(
+            chain.model,
+            graph,
+            f"{model.stem} · {images.name}",
+            region.array,
+            source.prep,
+            scored_units,
+            multipliers,
+            settings.filter_images,
+            {p.layer: p.kind for p in source.points},
+        )
     timings["visualise_s"] = time.perf_counter() - mark
     timings["total_s"] = time.perf_counter() - started
     record = {
@@ -194,6 +204,8 @@ def extract(
                 "torch": scores.result.compiled,  # compiled, or eager and why
                 # Nats the region's outputs lose with every filter off; below 1, λ scaled.
                 "region_signal": scores.result.signal,
+                # The temperature the objective read the outputs at (1: as they are).
+                "output_scale": scores.result.output_scale,
             },
         },
         "timings": timings,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import chainx.pipeline as pipeline
+from chainx.errors import stage
 from chainx.images import ImageSet
 from chainx.pipeline import BuiltChain, Scores, Source
 
@@ -18,6 +19,7 @@ class Frontier:
     files: dict[str, bytes]  # frontier.json and frontier/keep-<budget>.onnx
 
 
+@stage("frontier")
 def frontier_chains(
     source: Source,
     scores: Scores,

@@ -34,6 +34,7 @@ from chainx.chain.verify import (
 )
 from chainx.channels.emitter import WeightSlice
 from chainx.channels.surgery import present_units
+from chainx.errors import stage
 from chainx.images import ImageSet, Preprocessing, load_images, model_preprocessing
 from chainx.onnx.load import load_model, sha256_file
 from chainx.onnx.normalise import normalise
@@ -94,10 +95,11 @@ def open_model(model: Path, read: ReadSettings) -> Source:
 
     original = load_model(model)
     digest = sha256_file(model)
-    normalised = normalise(original, read.input_name, read.output_name)
-    check_convertible(normalised)
-    prep = model_preprocessing(normalised, read.size, read.resize, read.mean, read.std)
-    kind, points = output_kind(normalised), find_score_points(normalised)
+    with stage("normalise"):
+        normalised = normalise(original, read.input_name, read.output_name)
+        check_convertible(normalised)
+        prep = model_preprocessing(normalised, read.size, read.resize, read.mean, read.std)
+        kind, points = output_kind(normalised), find_score_points(normalised)
     return Source(model, original, digest, normalised, prep, kind, points, read)
 
 
@@ -122,9 +124,12 @@ def optimise_scores(
     from chainx.scoring.optimise import optimise
 
     settings = replace(settings, device=resolve_device(settings.device))
-    scoring = ScoringModel(source.normalised, source.points)
-    check_conversion(scoring, source.normalised, region.array)
-    result = optimise(scoring, region.array, source.kind, settings, on_step or _silent, frontier)
+    with stage("convert to torch"):
+        scoring = ScoringModel(source.normalised, source.points)
+        check_conversion(scoring, source.normalised, region.array)
+    with stage("optimise"):
+        step = on_step or _silent
+        result = optimise(scoring, region.array, source.kind, settings, step, frontier)
     return Scores(scoring, result, settings)
 
 
@@ -164,29 +169,31 @@ def build_chain(
 ) -> BuiltChain:
     """Export the chain of `multipliers` and verify it in onnxruntime."""
     mark = time.perf_counter()
-    surgery = export_chain(
-        source.normalised,
-        source.points,
-        multipliers,
-        {"sha256": source.digest, "settings": settings_record},
-        float16_form(source.original),
-        reads_channels_last(source.original, source.normalised.graph.input[0].name),
-    )
-    onnx.checker.check_model(surgery.model, full_check=True)
+    with stage("export"):
+        surgery = export_chain(
+            source.normalised,
+            source.points,
+            multipliers,
+            {"sha256": source.digest, "settings": settings_record},
+            float16_form(source.original),
+            reads_channels_last(source.original, source.normalised.graph.input[0].name),
+        )
+        onnx.checker.check_model(surgery.model, full_check=True)
     export_s = time.perf_counter() - mark
     mark = time.perf_counter()
-    verification = verify_chain(
-        surgery.model,
-        source.path,
-        source.original,
-        source.normalised,
-        surgery.slices,
-        scoring.masked(region.array, multipliers),
-        region.array,
-        holdout.array if holdout else None,
-        source.kind,
-        outputs,
-    )
+    with stage("verify"):
+        verification = verify_chain(
+            surgery.model,
+            source.path,
+            source.original,
+            source.normalised,
+            surgery.slices,
+            scoring.masked(region.array, multipliers),
+            region.array,
+            holdout.array if holdout else None,
+            source.kind,
+            outputs,
+        )
     verify_s = time.perf_counter() - mark
     present = present_units(
         surgery.model, surgery.slices, {p.layer: p.channels for p in source.points}
@@ -205,6 +212,7 @@ class DeployChain:
     seconds: float
 
 
+@stage("deploy")
 def build_deploy(
     source: Source, multipliers: dict[str, np.ndarray], chain: BuiltChain, region: ImageSet
 ) -> DeployChain:

@@ -12,6 +12,7 @@ from chainx.cli.extract import extract_command
 from chainx.cli.printers import console, out_console
 from chainx.cli.sweep import sweep_command
 from chainx.cli.verify import verify_command
+from chainx.errors import InternalError
 from chainx.version import __version__
 
 app = typer.Typer(
@@ -50,6 +51,9 @@ def run() -> None:
     """Entry point that never shows a traceback for an unexpected failure."""
     try:
         app()
+    except InternalError as error:  # names its stage and node
+        console.print(f"[bold red]internal error[/] {error}")
+        sys.exit(1)
     except Exception as error:  # an internal failure: say so plainly, exit 1
         console.print(f"[bold red]internal error:[/] {type(error).__name__}: {error}")
         sys.exit(1)

@@ -319,6 +319,39 @@ def test_pointwise_conv_folds_constant_inputs_into_its_bias(consumer: str, folds
         np.testing.assert_allclose(node_input(result.model, "y", 2), expected, rtol=1e-6)
 
 
+def test_pointwise_conv_whose_every_input_is_a_folded_constant_counts_each_once() -> None:
+    # Every channel of k is removed and shifted, channel 0 too: all fold into y's bias, and
+    # the one channel y still reads to stay well-formed must be zero, not channel 0's
+    # constant again (MobileNetV3-Large's projection after a removed SE block).
+    text = """
+    net (float[N, 3, 4, 4] x) => (float[N, 2, 4, 4] y) {
+        c = Conv (x, w0, b0)
+        m = Mul (c, mask)
+        k = Add (m, shift)
+        y = Conv (k, w1, b1)
+    }
+    """
+    values = {"mask": mask(5, [0, 1, 2, 3, 4]), "shift": channel_values([1.5, -2, 0, 3, 0.5])}
+    model = build(text, {"w0": (5, 3, 1, 1), "b0": (5,), "w1": (2, 5, 1, 1), "b1": (2,)}, values)
+    result = shrunk(model)  # the outputs agree
+    expected = node_input(model, "y", 2) + node_input(model, "y", 1)[:, :, 0, 0] @ [
+        1.5,
+        -2,
+        0,
+        3,
+        0.5,
+    ]
+    np.testing.assert_allclose(node_input(result.model, "y", 2), expected, rtol=1e-6)
+
+
+def test_gemm_whose_every_input_is_a_folded_constant_counts_each_once() -> None:
+    values = {"mask": mask(5, [0, 1, 2, 3, 4], rank=2), "shift": channel_values([2, 1, 0, 3, 1], 2)}
+    model = features("y = Gemm <transB = 1> (k, w, b)", {"w": (4, 5), "b": (4,)}, values)
+    result = shrunk(model)
+    expected = node_input(model, "y", 2) + node_input(model, "y", 1) @ [2, 1, 0, 3, 1]
+    np.testing.assert_allclose(node_input(result.model, "y", 2), expected, rtol=1e-6)
+
+
 def test_pointwise_conv_without_bias_gets_one_for_folded_constants() -> None:
     text = """
     net (float[N, 3, 4, 4] x) => (float[N, 2, 4, 4] y) {

@@ -63,6 +63,11 @@ class Emitter:
     def layout(self, tensor: str) -> np.ndarray:
         return self._layouts[tensor]
 
+    def placed(self) -> dict[str, tuple[str, np.ndarray]]:
+        """Original tensor → its emitted name and layout, for every tensor emitted."""
+        named = self._names.items()
+        return {t: (n, self._layouts[t]) for t, n in named if n and t in self._layouts}
+
     def src(self, tensor: str) -> str:
         """The emitted name of an original tensor, copying constants over on first use."""
         if tensor == "" or tensor in self._names:
@@ -186,19 +191,35 @@ class Emitter:
         index = self.constant(f"{base}_index", indices)
         return self.node("Gather", [source, index], base, axis=axis)
 
+    def zero_channel(self, tensor: str) -> str:
+        """One channel of zeros in `tensor`'s shape, for a Conv or Gemm none of whose input
+        channels is left (each zero, or a constant folded into its bias): it stays
+        well-formed and adds nothing. A remapped channel would carry its constant and count
+        it a second time."""
+        return self._zeros(tensor, 1)
+
     def _zeros(self, tensor: str, channels: int) -> str:
         shape = list(self.g.shapes[tensor])
         shape[self.g.axis[tensor]] = channels
         base = f"{tensor}_chainx_zeros"
-        if any(d is None for d in shape[1:]):
-            raise ValueError(f"{tensor!r} has an unknown size other than its batch")
-        if shape[0] is not None:
+        if all(d is not None for d in shape):
             # A shape, not a tensor of zeros: the chain's file holds no parameters for it.
             full = self.constant(f"{base}_shape", np.array(shape, np.int64))
         else:
             batch = self.dims(self.g.input_name, 0, 1, base)
-            rest = self.constant(f"{base}_shape", np.array(shape[1:], np.int64))
-            full = self.node("Concat", [batch, rest], base, axis=0)
+            pieces = []
+            for axis, size in enumerate(shape):
+                factor = self.g.batch_factor(tensor, axis) if size is None else None
+                if size is not None:
+                    pieces.append(self.constant(f"{base}_{axis}", np.array([size], np.int64)))
+                elif factor is None:
+                    raise ValueError(f"{tensor!r} has an unknown size other than its batch")
+                elif factor == 1:
+                    pieces.append(batch)
+                else:
+                    times = self.constant(f"{base}_{axis}", np.array([factor], np.int64))
+                    pieces.append(self.node("Mul", [batch, times], f"{base}_{axis}"))
+            full = self.node("Concat", pieces, base, axis=0)
         return self.node(
             "ConstantOfShape",
             [full],

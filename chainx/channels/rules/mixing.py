@@ -191,8 +191,7 @@ class ConvRule(Rule):
         present = np.union1d(em.layout(x), constants)
         if groups == 1:
             columns = present if len(present) else np.arange(1)
-            # Every input channel zero: one zero channel keeps the Conv well-formed.
-            source = em.remapped(x, columns)
+            source = em.remapped(x, columns) if len(present) else em.zero_channel(x)
         else:
             rows, columns, channels = self._grouped(node, em, rows, present)
             source = em.remapped(x, channels)
@@ -310,9 +309,9 @@ class GemmRule(Rule):
             fold = matrix[np.ix_(rows, constants)].astype(np.float64) @ em.const[x][constants]
             constants = np.arange(0)
         columns = np.union1d(em.layout(x), constants)
+        source = em.remapped(x, columns) if len(columns) else em.zero_channel(x)
         if len(columns) == 0:
             columns = np.arange(1)
-        source = em.remapped(x, columns)
         weight = g.constants[node.input[1]]
         transposed = node.op_type == "Gemm" and attrs.get("transB", 0)
         axes = (rows, columns) if transposed else (columns, rows)

@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from chainx.chain.deploy import BLOCK, check_deploy, deploy_chain
+from chainx.chain.exactness import first_parting
 from chainx.chain.export import chain_summary, export_chain
 from chainx.chain.metrics import fidelity_metrics
 from chainx.chain.verify import (
@@ -40,8 +41,8 @@ from chainx.onnx.load import load_model, sha256_file
 from chainx.onnx.normalise import normalise
 from chainx.onnx.passes.channels_last import reads_channels_last
 from chainx.onnx.passes.float16 import float16_form
-from chainx.onnx.score_points import ScorePoint, find_score_points, output_kind
-from chainx.scoring.settings import OptimiseResult, OptimiseSettings, StepReport
+from chainx.onnx.score_points import ScorePoint, find_score_points, output_kind, scored_model
+from chainx.scoring.settings import MaskedOutputs, OptimiseResult, OptimiseSettings, StepReport
 from chainx.settings import ReadSettings, class_of
 
 if TYPE_CHECKING:
@@ -156,6 +157,7 @@ class BuiltChain:
     present: dict[str, np.ndarray]  # scored layer → the units the chain computes
     export_s: float
     verify_s: float
+    expected: MaskedOutputs  # the masked scoring model's output on the region
 
 
 def build_chain(
@@ -168,6 +170,8 @@ def build_chain(
     outputs: OriginalOutputs | None = None,
 ) -> BuiltChain:
     """Export the chain of `multipliers` and verify it in onnxruntime."""
+    from chainx.scoring.model import masked_outputs  # torch is loaded by now
+
     mark = time.perf_counter()
     with stage("export"):
         surgery = export_chain(
@@ -182,24 +186,37 @@ def build_chain(
     export_s = time.perf_counter() - mark
     mark = time.perf_counter()
     with stage("verify"):
+        expected = masked_outputs(scoring, region.array, multipliers)
         verification = verify_chain(
             surgery.model,
             source.path,
             source.original,
             source.normalised,
             surgery.slices,
-            scoring.masked(region.array, multipliers),
+            expected,
             region.array,
             holdout.array if holdout else None,
             source.kind,
             outputs,
         )
+        exact = verification.exactness
+        if not exact.passed and surgery.model.graph.input[0] == source.normalised.graph.input[0]:
+            # The chain reads what the normalised model reads (not float16, not NHWC).
+            scored = scored_model(source.normalised, source.points, multipliers)
+            exact.parts_at = first_parting(surgery.model, scored, surgery.layouts, region.array)
     verify_s = time.perf_counter() - mark
     present = present_units(
         surgery.model, surgery.slices, {p.layer: p.channels for p in source.points}
     )
     return BuiltChain(
-        surgery.model, surgery.slices, surgery.frozen, verification, present, export_s, verify_s
+        surgery.model,
+        surgery.slices,
+        surgery.frozen,
+        verification,
+        present,
+        export_s,
+        verify_s,
+        expected,
     )
 
 
@@ -235,7 +252,7 @@ def build_deploy(
         candidates.append((model_cost(model, region.array[:1]), block, model))
     cost, block, model = min(candidates, key=lambda candidate: candidate[0].latency_ms)
     onnx.checker.check_model(model, full_check=True)
-    check = check_deploy(model, chain.model, region.array)
+    check = check_deploy(model, chain.model, region.array, chain.expected)
     return DeployChain(model, check, cost, block, time.perf_counter() - mark)
 
 

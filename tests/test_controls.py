@@ -20,6 +20,7 @@ from conftest import (
 from onnx import numpy_helper
 
 import chainx
+from chainx.chain.exactness import check_exactness
 from chainx.chain.export import export_chain
 from chainx.errors import ChainxError
 from chainx.images import load_images, model_preprocessing
@@ -59,11 +60,10 @@ def assert_chain_exact(model: onnx.ModelProto, images: np.ndarray) -> None:
     points = find_score_points(model)
     multipliers = random_multipliers(points, keep=0.5)
     chain = export_chain(model, points, multipliers, {"sha256": "", "settings": {}}).model
-    expected = masked_outputs(model, points, multipliers, images)
-    actual = run(session(chain), images)
-    scale = float(np.abs(expected).max())
-    assert scale > 0
-    assert float(np.abs(actual - expected.reshape(actual.shape)).max()) <= 1e-4 * scale
+    expected = masked_outputs(ScoringModel(model, points), images, multipliers)
+    exactness = check_exactness(run(session(chain), images), expected)
+    assert exactness.max_abs_output > 0
+    assert exactness.reference == "float64" and exactness.passed
 
 
 def test_random_weights_redraws_each_weight_at_its_std_and_keeps_everything_else(sample) -> None:

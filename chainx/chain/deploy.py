@@ -13,7 +13,8 @@ convolution or a residual sum finds its channels there rather than behind a zero
 Pad and Gather. Then the scores are folded into the weights.
 
 The weights are then no longer exact slices of the source (chain.onnx is that), and sums
-run in another order, so the deploy file is checked against chain.onnx to DEPLOY_TOLERANCE.
+run in another order, so the deploy file is checked as chain.onnx is, against the float64
+masked model (`chain.exactness`), or against chain.onnx to DEPLOY_TOLERANCE.
 """
 
 from __future__ import annotations
@@ -24,12 +25,18 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from chainx.chain.exactness import (
+    FLOAT16_TOLERANCE,
+    Exactness,
+    check_exactness,
+    within,
+)
 from chainx.chain.export import add_metadata, source_form
-from chainx.chain.verify import FLOAT16_TOLERANCE, Exactness, check_exactness
 from chainx.channels.surgery import present_units, shrink
 from chainx.onnx.passes.float16 import float16_form
 from chainx.onnx.runtime import run, session
 from chainx.onnx.score_points import SCORE_PREFIX, ScorePoint, scored_model
+from chainx.scoring.settings import MaskedOutputs
 from chainx.version import __version__
 
 BLOCK = 16  # onnxruntime's NCHWc block with AVX-512, a multiple of AVX2's 8
@@ -149,9 +156,19 @@ def _foldable(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -
     return False
 
 
-def check_deploy(deploy: onnx.ModelProto, chain: onnx.ModelProto, images: np.ndarray) -> Exactness:
-    """The deploy file against chain.onnx on `images`, in onnxruntime with graph
-    optimisations off: max |Δ| ≤ DEPLOY_TOLERANCE · max |chain output| (float16: 1e-2)."""
-    expected = run(session(chain), images)
-    tolerance = FLOAT16_TOLERANCE if float16_form(chain) else DEPLOY_TOLERANCE
-    return check_exactness(run(session(deploy), images), expected.astype(np.float64), tolerance)
+def check_deploy(
+    deploy: onnx.ModelProto,
+    chain: onnx.ModelProto,
+    images: np.ndarray,
+    expected: MaskedOutputs | None = None,
+) -> Exactness:
+    """The deploy file in onnxruntime with graph optimisations off: against the float64
+    masked model where `expected` has it, to the chain's own rule (`check_exactness`);
+    else against chain.onnx, max |Δ| ≤ DEPLOY_TOLERANCE · max |chain output| (float16:
+    1e-2)."""
+    output = run(session(deploy), images)
+    float16 = bool(float16_form(chain))
+    if expected is not None and expected.float64 is not None and not float16:
+        return check_exactness(output, expected)
+    tolerance = FLOAT16_TOLERANCE if float16 else DEPLOY_TOLERANCE
+    return within(output, run(session(chain), images).astype(np.float64), tolerance)

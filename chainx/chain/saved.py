@@ -63,7 +63,7 @@ class ChainSources:
 
 
 def verify_saved_chain(sources: ChainSources) -> dict[str, Any]:
-    from chainx.scoring.model import masked_outputs  # torch loads here
+    from chainx.scoring.model import ScoringModel, masked_outputs  # torch loads here
 
     chain = load_model(sources.chain)
     metadata = read_metadata(chain)
@@ -87,13 +87,14 @@ def verify_saved_chain(sources: ChainSources) -> dict[str, Any]:
             f"{sources.chain}: its layers do not match the Conv layers of {sources.model}."
         )
     onnx.checker.check_model(chain, full_check=True)
+    expected = masked_outputs(ScoringModel(normalised, points), region.array, multipliers)
     verification = verify_chain(
         chain,
         sources.model,
         original,
         normalised,
         slices,
-        masked_outputs(normalised, points, multipliers, region.array),
+        expected,
         region.array,
         holdout,
         settings["output_kind"],
@@ -102,7 +103,7 @@ def verify_saved_chain(sources: ChainSources) -> dict[str, Any]:
     files = {"chain.onnx": str(sources.chain)}
     passed = verification.passed and not warnings
     if sources.deploy is not None:
-        check = check_deploy(load_model(sources.deploy), chain, region.array)
+        check = check_deploy(load_model(sources.deploy), chain, region.array, expected)
         metrics["deploy"] = asdict(check)
         files["chain.deploy.onnx"] = str(sources.deploy)
         passed = passed and check.passed

@@ -11,34 +11,16 @@ import onnx
 import onnxruntime as ort
 
 from chainx.chain.copies import CopyCheck, check_exact_copies
+from chainx.chain.exactness import (
+    ROUNDING_FACTOR,
+    Exactness,
+    check_exactness,
+)
 from chainx.channels.emitter import WeightSlice
 from chainx.onnx.macs import count_macs
 from chainx.onnx.passes.float16 import float16_form
 from chainx.onnx.runtime import as_input, batches, run, session
-
-EXACTNESS_TOLERANCE = 1e-4
-# A float16 chain rounds every value to 11 significant bits, against the float32 scoring
-# model: its outputs differ by ~1e-3 of their scale after a few layers.
-FLOAT16_TOLERANCE = 1e-2
-
-
-@dataclass
-class Exactness:
-    max_abs_diff: float
-    max_abs_output: float
-    tolerance: float
-    passed: bool
-
-
-def check_exactness(
-    chain_output: np.ndarray, expected: np.ndarray, relative: float = EXACTNESS_TOLERANCE
-) -> Exactness:
-    """max |Δ| ≤ 1e-4 · max |output| (1e-2 for a float16 chain) between the chain and the
-    masked scoring model."""
-    diff = float(np.abs(chain_output.astype(np.float64) - expected).max())
-    scale = float(np.abs(expected).max())
-    tolerance = relative * scale
-    return Exactness(diff, scale, tolerance, bool(diff <= tolerance))
+from chainx.scoring.settings import MaskedOutputs
 
 
 def log_softmax(values: np.ndarray, kind: str) -> np.ndarray:
@@ -109,10 +91,19 @@ class ChainVerification:
 
     def failure(self) -> str:
         problems = []
-        if not self.exactness.passed:
+        exact = self.exactness
+        if not exact.passed:
+            against = (
+                f"its float64 form, beyond {ROUNDING_FACTOR:g} × float32's own rounding there "
+                f"({exact.noise:.3g})"
+                if exact.reference == "float64"
+                else "it"
+            )
             problems.append(
                 f"chain.onnx differs from the masked scoring model: max |Δ| "
-                f"{self.exactness.max_abs_diff:.3g} > tolerance {self.exactness.tolerance:.3g}"
+                f"{exact.max_abs_diff:.3g} against {against}, over the tolerance "
+                f"{exact.tolerance:.3g}"
+                + (f"; it first parts from it at {exact.parts_at}" if exact.parts_at else "")
             )
         return "verification failed: " + "; ".join(problems + self.copies.mismatched)
 
@@ -160,14 +151,15 @@ def verify_chain(
     original: onnx.ModelProto,
     normalised: onnx.ModelProto,
     slices: list[WeightSlice],
-    expected: np.ndarray,
+    expected: MaskedOutputs,
     region: np.ndarray,
     holdout: np.ndarray | None,
     kind: str,
     original_outputs: tuple[np.ndarray, np.ndarray | None] | None = None,
 ) -> ChainVerification:
     """Every check of a chain: exactness against `expected` (the masked scoring model's
-    output on `region`), exact copies, and fidelity to the original on region and holdout.
+    output on `region`, `chain.exactness`), exact copies, and fidelity to the original on
+    region and holdout.
 
     `original_outputs` (region, holdout) saves rerunning the original when several chains
     of one model are checked on the same images.
@@ -187,11 +179,7 @@ def verify_chain(
         chain_held = run(chain_session, holdout)
         held = fidelity(chain_held, original_held, kind, classes)
     return ChainVerification(
-        exactness=check_exactness(
-            chain_out,
-            expected,
-            FLOAT16_TOLERANCE if float16_form(chain) else EXACTNESS_TOLERANCE,
-        ),
+        exactness=check_exactness(chain_out, expected, bool(float16_form(chain))),
         copies=check_exact_copies(chain, original, slices, normalised),
         classes=classes,
         region=fidelity(chain_out, original_out, kind, classes),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -20,6 +20,9 @@ class SurgeryResult:
     slices: list[WeightSlice]
     frozen: list[tuple[str, str]]
     refilled: int = 0
+    # Original tensor → the chain's tensor that holds it and the original channels it holds
+    # (on the tensor's unit axis), for every tensor a node of the chain computes.
+    layouts: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)
 
 
 def shrink(model: onnx.ModelProto, carried: Masks | None = None) -> SurgeryResult:
@@ -63,7 +66,9 @@ def shrink(model: onnx.ModelProto, carried: Masks | None = None) -> SurgeryResul
     )
     result.producer_name = "chainx"
     used_slices = [s for s in em.slices if any(n.name == s.node for n in graph.node)]
-    return SurgeryResult(model=result, slices=used_slices, frozen=em.frozen, refilled=em.refilled)
+    computed = {name for node in graph.node for name in node.output}
+    layouts = {t: placed for t, placed in em.placed().items() if placed[0] in computed}
+    return SurgeryResult(result, used_slices, em.frozen, em.refilled, layouts)
 
 
 def present_units(

@@ -7,6 +7,7 @@ torch model and the exported ONNX chain compute the very same graph.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from chainx.errors import ChainxError, NodeFault
 from chainx.onnx.graph import fixed_batch
 from chainx.onnx.score_points import ScorePoint, scored_model
 from chainx.scoring.memory import keep_freed_memory
+from chainx.scoring.settings import MaskedOutputs
 
 
 def log_probabilities(output: torch.Tensor, kind: str) -> torch.Tensor:
@@ -89,6 +91,15 @@ class ReducedNetwork:
         ]
 
 
+def float64_network(net: nn.Module) -> nn.Module:
+    """A float64 copy of an onnx2torch network: weights, buffers and casts to float32."""
+    twin = copy.deepcopy(net).double()
+    for module in twin.modules():
+        if getattr(module, "torch_dtype", None) == torch.float32:  # onnx2torch's Cast
+            module.torch_dtype = torch.float64
+    return twin
+
+
 def padded_batches(x: torch.Tensor, size: int) -> list[torch.Tensor]:
     """`x` in batches of a model's fixed batch `size`, the last padded with copies of its
     last image: the caller keeps the first len(x) outputs."""
@@ -151,6 +162,7 @@ class ScoringModel(nn.Module):
         self.register_buffer("layer_of_filter", layer_of_filter, persistent=False)
         self.fixed_batch = fixed_batch(model)
         self.compiled: nn.Module | None = None  # `use_compiled`: the scored steps' network
+        self.net64: nn.Module | None = None  # `masked64`: `net` in float64, made once
         self.reduced: ReducedNetwork | None = None  # `use_reduced`: takes over from both
 
     def use_compiled(self, compiled: nn.Module | None) -> None:
@@ -225,6 +237,21 @@ class ScoringModel(nn.Module):
         with torch.no_grad():
             return self.run(torch.from_numpy(images), values).numpy()
 
+    def masked64(self, images: np.ndarray, multipliers: dict[str, np.ndarray]) -> np.ndarray:
+        """`masked` computed in float64 from the same weights (each float32 weight is exactly
+        a float64 one): the reference free of float32's rounding that a chain's error and
+        `masked`'s own are measured against."""
+        self.to("cpu")
+        if self.net64 is None:
+            # Not a submodule: its parameters are not the scores' model's.
+            object.__setattr__(self, "net64", float64_network(self.net))
+        values = [
+            torch.from_numpy(np.asarray(multipliers[p.layer], np.float64)) for p in self.points
+        ]
+        with torch.no_grad():
+            x = torch.from_numpy(images.astype(np.float64))
+            return self.run(x, values, self.net64).numpy()
+
     def unscored(self, x: torch.Tensor) -> torch.Tensor:
         """The original network's output: every multiplier is exactly 1."""
         ones = [torch.ones(point.channels, device=x.device) for point in self.points]
@@ -232,10 +259,13 @@ class ScoringModel(nn.Module):
 
 
 def masked_outputs(
-    model: onnx.ModelProto,
-    points: list[ScorePoint],
-    multipliers: dict[str, np.ndarray],
-    images: np.ndarray,
-) -> np.ndarray:
-    """The masked torch scoring model's output for fixed multipliers, on the CPU."""
-    return ScoringModel(model, points).masked(images, multipliers)
+    scoring: ScoringModel, images: np.ndarray, multipliers: dict[str, np.ndarray]
+) -> MaskedOutputs:
+    """What a chain of `multipliers` must reproduce: the masked scoring model's output in
+    float32 and, where its graph runs in float64, in float64 (`chain.exactness`)."""
+    float32 = scoring.masked(images, multipliers)
+    try:
+        float64 = scoring.masked64(images, multipliers)
+    except (RuntimeError, NodeFault):  # an op without a float64 kernel: the old rule
+        float64 = None
+    return MaskedOutputs(float32, float64)

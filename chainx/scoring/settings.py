@@ -78,3 +78,12 @@ class OptimiseResult:
     signal: float | None = None  # nats the region's outputs lose with every filter off
     output_scale: float = 1.0  # the temperature the objective reads the outputs at
     compiled: str = "eager"  # "compiled in N s", "eager", or "eager: " and why not compiled
+
+
+@dataclass
+class MaskedOutputs:
+    """What a chain must reproduce: the masked scoring model's output in float32, and in
+    float64 where the graph runs in float64 (else None; `chain.exactness`)."""
+
+    float32: np.ndarray
+    float64: np.ndarray | None = None

@@ -18,6 +18,9 @@ from chainx.channels.rules.heads import (
 )
 from chainx.channels.rules.mixing import GemmRule
 from chainx.onnx.graph import GraphIndex
+from chainx.onnx.passes.head_batch import UnmergeHeadBatch
+from chainx.onnx.passes.infer_shapes import InferShapes
+from chainx.onnx.runtime import run, session
 from chainx.onnx.score_points import find_score_points
 
 TOKENS, DIM, HEADS, SIZE = 3, 4, 2, 2  # 2 heads of 2 features each, on 3 tokens
@@ -226,3 +229,63 @@ def test_score_points_are_heads_and_mlp_neurons() -> None:
     assert [(p.layer, p.point, p.channels, p.axis, p.shape) for p in points] == [
         ("f", "fb", 6, 2, [1, 1, 6])
     ]
+
+
+# nn.MultiheadAttention through the TorchScript exporter, with a free batch: tokens first,
+# the heads merged into the batch while Q·Kᵀ runs, the rows (tokens × batch) merged for the
+# output projection.
+SEQUENCE_FIRST = """
+net (float[N, 3, 4] x) => (float[N, 3, 4] y) {
+    t = LayerNormalization <axis = -1> (x, ln_scale, ln_bias)
+    s0 = Transpose <perm = [1, 0, 2]> (t)
+    q1 = MatMul (s0, w_q)
+    k1 = MatMul (s0, w_k)
+    v1 = MatMul (s0, w_v)
+    q2 = Reshape (q1, merged)
+    k2 = Reshape (k1, merged)
+    v2 = Reshape (v1, merged)
+    q3 = Transpose <perm = [1, 0, 2]> (q2)
+    k3 = Transpose <perm = [1, 0, 2]> (k2)
+    v3 = Transpose <perm = [1, 0, 2]> (v2)
+    q = Reshape (q3, split)
+    k = Reshape (k3, split)
+    v = Reshape (v3, split)
+    kt = Transpose <perm = [0, 1, 3, 2]> (k)
+    s = MatMul (q, kt)
+    a = Softmax <axis = -1> (s)
+    o = MatMul (a, v)
+    om = Mul (o, head_mask)
+    ot = Transpose <perm = [2, 0, 1, 3]> (om)
+    c = Reshape (ot, rows)
+    pm = MatMul (c, w_out)
+    pb = Add (pm, b_out)
+    back = Reshape (pb, tokens_first)
+    bt = Transpose <perm = [1, 0, 2]> (back)
+    y = Add (t, bt)
+}
+"""
+
+
+def test_heads_merged_into_a_free_batch_behind_the_tokens_are_removed() -> None:
+    values = {
+        "merged": np.array([TOKENS, -1, SIZE], np.int64),
+        "split": np.array([-1, HEADS, TOKENS, SIZE], np.int64),
+        "rows": np.array([-1, DIM], np.int64),
+        "tokens_first": np.array([TOKENS, -1, DIM], np.int64),
+        "head_mask": head_mask([1]),
+    }
+    merged = build(SEQUENCE_FIRST, SHAPES, values)
+    unmerged = UnmergeHeadBatch()(merged)
+    assert unmerged.modified
+    model = InferShapes()(unmerged.model).model
+    assert isinstance(rule_of(model, "q2"), HeadSplitRule)
+    assert isinstance(rule_of(model, "c"), HeadMergeRule)
+    result = shrunk(model)  # exact against the merged form's outputs too, below
+    assert [op for _, op in result.frozen] == ["LayerNormalization"]
+    for name, original in (("q1", "w_q"), ("k1", "w_k"), ("v1", "w_v")):
+        np.testing.assert_array_equal(
+            node_input(result.model, name, 1), weight(model, original)[:, [2, 3]]
+        )
+    np.testing.assert_array_equal(node_input(result.model, "pm", 1), weight(model, "w_out")[[2, 3]])
+    x = np.random.default_rng(0).standard_normal((2, TOKENS, DIM)).astype(np.float32)
+    np.testing.assert_allclose(run(session(model), x), run(session(merged), x), rtol=1e-6)

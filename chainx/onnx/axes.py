@@ -50,7 +50,11 @@ def _axes_input(
 
 def _leads_match(a: list[int | None], b: list[int | None]) -> bool:
     """Leading axes that hold the same sizes once unit (and unknown batch) axes are dropped:
-    (B, N) and (B, N); (L, 1) and (L) where nn.MultiheadAttention folds a batch of 1."""
+    (B, N) and (B, N); (L, 1) and (L) where nn.MultiheadAttention folds a batch of 1; or
+    (L, B) and (L·B), its rows with a free batch. The reshape keeps the element count, so
+    leading axes whose tails match hold the same elements in the same order."""
+    if None in b and None in a:
+        return True
     a = [d for d in a if d not in (1, None)]
     b = [d for d in b if d not in (1, None)]
     return a == b

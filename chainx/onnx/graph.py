@@ -77,6 +77,22 @@ class GraphIndex:
             output_names=[o.name for o in graph.output],
         )
 
+    def batch_factor(self, name: str, axis: int) -> int | None:
+        """k where the tensor's size on `axis` is k × the batch (normalisation names such a
+        dim "batch" or "batch*k", `CompleteShapes`), else None."""
+        if axis == 0:
+            return 1
+        info = next(
+            (i for i in (*self.model.graph.value_info, *self.model.graph.output) if i.name == name),
+            None,
+        )
+        dims = info.type.tensor_type.shape.dim if info is not None else []
+        symbol = dims[axis].dim_param if axis < len(dims) else ""
+        if symbol == "batch":
+            return 1
+        factor = symbol.removeprefix("batch*")
+        return int(factor) if factor != symbol and factor.isdigit() else None
+
     def is_activation(self, name: str) -> bool:
         return name in self.width
 

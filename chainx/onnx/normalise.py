@@ -26,7 +26,9 @@ from chainx.onnx.passes.opset_up import UpgradeOpset
 from chainx.onnx.passes.optimize import Optimize
 from chainx.onnx.passes.packed_projection import SplitPackedProjection
 from chainx.onnx.passes.quantised import RefuseQuantised
+from chainx.onnx.passes.reshape_shapes import ConstantReshapeShapes
 from chainx.onnx.passes.select_io import SelectIO
+from chainx.onnx.passes.shape_reads import FoldStaticShapeReads
 from chainx.onnx.passes.token_matmul import FoldTokenFlatten
 
 
@@ -60,9 +62,11 @@ def normalise(
     model = NameNodes()(model).model
     model = InferShapes()(model).model
     completed = CompleteShapes()(model)
-    if completed.modified:
+    reads = FoldStaticShapeReads()(completed.model)
+    reshapes = ConstantReshapeShapes()(reads.model)
+    if completed.modified or reads.modified or reshapes.modified:
         # With every size known, shape arithmetic (Shape → Gather → Div → Slice) folds.
-        model = InferShapes()(Optimize()(completed.model).model).model
+        model = InferShapes()(Optimize()(reshapes.model).model).model
         model = CompleteShapes()(model).model
     model = DropNeedlessAllowzero()(model).model
     # tf2onnx's attention: Linear layers on tokens flattened, heads merged into the batch,

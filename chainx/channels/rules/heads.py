@@ -128,8 +128,10 @@ class HeadMergeRule(Rule):
 
 
 class UnitAxesRule(Rule):
-    """A Reshape that only adds or drops unit axes (a batch of 1 folded into the heads):
-    each channel keeps its values; the shape's entry for the channel axis is rewritten."""
+    """A Reshape that only adds or drops unit axes (a batch of 1 folded into the heads), or
+    regroups the leading axes of a tensor whose channels are innermost (tokens × batch as
+    rows of nn.MultiheadAttention's output projection): each channel keeps its values; the
+    shape's entry for the channel axis is rewritten."""
 
     frozen = False
     any_axis = True
@@ -142,6 +144,8 @@ class UnitAxesRule(Rule):
         if shape is None or len(shape) != len(g.shapes[y]):
             return False
         moved = unit_axes_moved(g.shapes[x], g.shapes[y], g.axis[x])
+        if g.axis[x] == len(g.shapes[x]) - 1 and g.axis[y] == len(g.shapes[y]) - 1:
+            moved = g.axis[y]  # innermost both sides: rows regroup, each keeps its channels
         entry = shape[g.axis[y]] if moved == g.axis[y] else None
         return entry == g.width[y] or (entry == -1 and (shape == -1).sum() == 1)
 

@@ -98,8 +98,8 @@ def _record_shape(
         follows_batch = any(v.shape[axis] != size for v in values[1:])
         if axis == 0 and old and not old[0].HasField("dim_value"):
             dim.CopyFrom(old[0])
-        elif axis == 0 and (not old or follows_batch):
-            dim.dim_param = "batch"
+        elif axis == 0 and not old and len(values) == 1:
+            dim.dim_param = "batch"  # one probe cannot tell: the batch axis, as usual
         elif follows_batch:
             dim.dim_param = _symbol([v.shape[axis] for v in values], batches, f"{name}_{axis}")
         else:

@@ -1,17 +1,20 @@
 """Attention whose heads were merged into the batch axis, with the heads on their own axis.
 
 tf2onnx writes Keras's MultiHeadAttention einsums as batched MatMuls over (N·H, T, D):
-Reshape (N, H, …) → (N·H, …), Transpose, MatMul, and a Reshape back to (N, H, …). With
-the heads inside the batch axis, the channel analysis cannot drop one head's rows. A
-Reshape that merges the batch with the next axis writes the same values in the same order
-as one to (N, H, …), and MatMul and Transpose work alike on the extra leading axis; so
-each merge Reshape is given the unmerged shape, the Transposes in between one more axis,
-and the Reshapes that split the batch again take the values as they are.
+Reshape (N, H, …) → (N·H, …), Transpose, MatMul, and a Reshape back to (N, H, …).
+torch's nn.MultiheadAttention, through the TorchScript exporter with a free batch, splits
+its (T, N, C) projections as Reshape → (T, N·H, D), Transpose to (N·H, T, D) and Reshape
+→ (N, H, T, D). With the heads inside the batch axis, the channel analysis cannot drop one
+head's rows. A Reshape that merges the batch with the heads writes the same values in the
+same order as one to (…, N, H, …), and MatMul and Transpose work alike on one more axis;
+so each merge Reshape is given the unmerged shape, the Transposes in between one more
+axis, and the Reshapes that split the batch again take the values as they are.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -22,24 +25,26 @@ from chainx.onnx.passes.infer_shapes import static_shapes
 
 
 class UnmergeHeadBatch(ModelPass):
-    """Reshape (x (N, H, …) → (-1, s…)) with H·prod(s) = prod(x's dims after N) becomes
-    Reshape (x → (-1, H, s…)). The merged tensors may only be read by Transposes that keep
-    the batch first, MatMuls of two merged tensors with the same H, and Reshapes without
-    a 0 ("copy") in their shape; a group of merges whose tensors are read otherwise, or
-    are a model output, stays as it is."""
+    """A Reshape that merges the batch with H heads (`_merge`) gets the unmerged shape. The
+    merged tensors may only be read by Transposes (the merged pair moves as one axis),
+    MatMuls of two merged tensors with the same H and merged axis before the last two, and
+    Reshapes without a 0 ("copy") in their shape; a group of merges whose tensors are read
+    otherwise, or are a model output, stays as it is."""
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         shapes = static_shapes(model)
         constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
-        heads = {
-            node.output[0]: h
+        merges = {
+            node.output[0]: merge
             for node in model.graph.node
-            if (h := _merged_heads(node, constants, shapes)) is not None
+            if (merge := _merge(node, constants, shapes)) is not None
         }
-        if not heads:
+        if not merges:
             return PassResult(model, modified=False)
+        heads = {name: merge.heads for name, merge in merges.items()}
+        axis = {name: merge.axis for name, merge in merges.items()}  # the merged axis
         # Follow the merged tensors; a root (merge Reshape output) names each group.
-        root = {name: name for name in heads}
+        root = {name: name for name in merges}
         parent = dict(root)
 
         def find(name: str) -> str:
@@ -57,15 +62,19 @@ class UnmergeHeadBatch(ModelPass):
             group = find(root[merged[0]])
             if node.op_type == "Transpose":
                 perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [])
-                if perm and perm[0] == 0:
-                    lifted[node.name] = [0, 1, *(p + 1 for p in perm[1:])]
+                if perm:
+                    lifted[node.name] = _lifted_perm(perm, axis[merged[0]])
                     root[node.output[0]] = group
+                    axis[node.output[0]] = perm.index(axis[merged[0]])
                     continue
             elif node.op_type == "MatMul" and len(merged) == 2:
                 other = find(root[merged[1]])
-                if heads[group] == heads[other]:
+                rank = len(shapes.get(merged[0]) or [])
+                same = axis[merged[0]] == axis[merged[1]] < rank - 2
+                if heads[group] == heads[other] and same:
                     parent[other] = group
                     root[node.output[0]] = group
+                    axis[node.output[0]] = axis[merged[0]]
                     continue
             elif node.op_type == "Reshape" and node.input[0] in root:
                 shape = constants.get(node.input[1])
@@ -75,14 +84,13 @@ class UnmergeHeadBatch(ModelPass):
         poisoned |= {root[name] for name in outputs & set(root)}
         # Groups joined after one of their members was poisoned are poisoned whole.
         stay = {find(name) for name in poisoned}
-        chosen = {name for name in heads if find(name) not in stay}
+        chosen = {name for name in merges if find(name) not in stay}
         if not chosen:
             return PassResult(model, modified=False)
         groups = {find(name) for name in chosen}
         for node in model.graph.node:
             if node.op_type == "Reshape" and node.output[0] in chosen:
-                shape = constants[node.input[1]]
-                new = np.array([-1, heads[node.output[0]], *shape[1:]], dtype=shape.dtype)
+                new = merges[node.output[0]].unmerged
                 name = f"{node.input[1]}_{node.name}_heads"
                 model.graph.initializer.append(numpy_helper.from_array(new, name))
                 node.input[1] = name
@@ -96,19 +104,47 @@ class UnmergeHeadBatch(ModelPass):
         return PassResult(model, modified=True)
 
 
-def _merged_heads(
+@dataclass(frozen=True)
+class Merge:
+    heads: int
+    axis: int  # of the merged tensor: the one that holds batch × heads
+    unmerged: np.ndarray  # the Reshape's shape with the batch and the heads apart
+
+
+def _lifted_perm(perm: list[int], merged: int) -> list[int]:
+    """`perm` over the tensor with its merged axis `merged` as two axes (batch, heads)."""
+    lifted: list[int] = []
+    for p in perm:
+        lifted += [merged, merged + 1] if p == merged else [p + (p > merged)]
+    return lifted
+
+
+def _merge(
     node: onnx.NodeProto, constants: dict[str, np.ndarray], shapes: dict[str, list[int | None]]
-) -> int | None:
-    """H, where `node` is a Reshape of (N, H, …) to (-1, s…) with H·prod(s) = prod(…)."""
+) -> Merge | None:
+    """Where `node` is a Reshape that merges the batch with H heads:
+    (N, H, …) → (-1, s…) with H·prod(s) = prod(…) (tf2onnx), or (…, N, C) → (…, -1, D)
+    with C = H·D, the batch free (nn.MultiheadAttention through TorchScript)."""
     if node.op_type != "Reshape" or node.input[1] not in constants:
         return None
     shape = constants[node.input[1]]
     source = shapes.get(node.input[0])
-    if shape.ndim != 1 or len(shape) < 2 or shape[0] != -1 or (shape[1:] <= 0).any():
+    if shape.ndim != 1 or len(shape) < 2 or source is None or len(source) < 3:
         return None
-    if source is None or len(source) < 3 or any(d is None for d in source[1:]):
+    free = [i for i, d in enumerate(source) if d is None]
+    if shape[0] == -1 and (shape[1:] > 0).all() and all(d is not None for d in source[1:]):
+        h = source[1]
+        if h >= 2 and h * math.prod(int(d) for d in shape[1:]) == math.prod(source[1:]):
+            return Merge(h, 0, np.array([-1, h, *shape[1:]], dtype=shape.dtype))
         return None
-    h = source[1]
-    if h < 2 or h * math.prod(int(d) for d in shape[1:]) != math.prod(source[1:]):
+    at = len(source) - 2
+    others = [i for i in range(len(source)) if i not in (at, at + 1)]
+    if free != [at] or len(shape) != len(source) or shape[at] != -1 or shape[-1] <= 0:
         return None
-    return h
+    if any(shape[i] != source[i] for i in others) or source[-1] % shape[-1]:
+        return None
+    h = source[-1] // int(shape[-1])
+    if h < 2:
+        return None
+    unmerged = np.array([*shape[:at], -1, h, shape[-1]], dtype=shape.dtype)
+    return Merge(h, at, unmerged)

@@ -110,6 +110,13 @@ class TrialProgress:
         )
 
 
+def _against(exact: dict) -> str:
+    """What a chain's error is measured against, where it is the float64 masked model."""
+    if exact.get("reference") != "float64":
+        return ""
+    return f" against the float64 masked model, whose float32 form errs by {exact['noise']:.2e}"
+
+
 def _batch_note(cost: dict) -> str:
     """Where the original fixes a batch of N, its latency is of N images at once."""
     images = cost.get("latency_images", 1)
@@ -160,8 +167,8 @@ def print_chain_summary(data: dict) -> None:
     status = "passed" if exact["passed"] and not copies["mismatched"] else "FAILED"
     table.add_row(
         "verification",
-        f"{status}: max |Δ| {exact['max_abs_diff']:.2e} (tolerance {exact['tolerance']:.2e}), "
-        f"{copies['checked']} weights checked bit for bit",
+        f"{status}: max |Δ| {exact['max_abs_diff']:.2e}{_against(exact)} (tolerance "
+        f"{exact['tolerance']:.2e}), {copies['checked']} weights checked bit for bit",
     )
     cost = metrics.get("cost")
     if cost:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from chainx.cores import busy_cores, thread_count, usable_cores
+from chainx.cores import ThreadGovernor, busy_cores, thread_count, usable_cores
 from chainx.scoring.memory import keep_freed_memory
 
 
@@ -88,3 +88,63 @@ def test_one_thread_count_serves_torch_and_onnxruntime() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["0", "1", "1", "2"]
+
+
+class Machine:
+    """A 2-core machine's /proc/stat and this process's CPU time, advanced by hand."""
+
+    def __init__(self) -> None:
+        self.now, self.times, self.own = 0.0, [0] * 8, 0.0
+
+    def run(self, seconds: float, others: float, mine: float) -> None:
+        """`others` and `mine` cores busy for `seconds` (100 jiffies a second a core)."""
+        self.now += seconds
+        busy, total = (others + mine) * 100 * seconds, 2 * 100 * seconds
+        self.times[0] += int(busy)  # user
+        self.times[3] += int(total - busy)  # idle
+        self.own += mine * seconds
+
+
+def test_the_governor_follows_the_load_other_jobs_put_on_the_machine(monkeypatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    machine = Machine()
+    governor = ThreadGovernor(
+        1,
+        usable=2,
+        read_times=lambda: list(machine.times),
+        own_seconds=lambda: machine.own,
+        clock=lambda: machine.now,
+    )
+    machine.run(10, others=1.0, mine=1.0)
+    assert governor.check() is None  # the other job still runs
+    machine.run(3, others=0.0, mine=1.0)
+    assert governor.check() is None  # too soon to look again
+    machine.run(10, others=0.0, mine=1.0)
+    assert governor.check() is None  # it ended: one look is not enough
+    machine.run(10, others=0.0, mine=1.0)
+    assert governor.check() == 2 and governor.threads == 2
+    machine.run(10, others=1.0, mine=1.0)  # another job starts: two cores, one of them ours
+    assert governor.check() is None
+    machine.run(10, others=1.0, mine=1.0)
+    assert governor.check() == 1
+
+
+def test_extract_follows_the_load_while_it_optimises(monkeypatch) -> None:
+    # The step listener asks the governor; a new count goes to torch and onnxruntime and
+    # is printed.
+    from chainx.cli import extract as extract_cli
+    from chainx.scoring.settings import StepReport
+
+    class Freed:
+        usable, threads = 2, 1
+
+        def check(self) -> int:
+            self.threads = 2
+            return 2
+
+    seen: list[int] = []
+    monkeypatch.setattr("chainx.scoring.device.set_threads", seen.append)
+    steps: list[StepReport] = []
+    step = extract_cli.governed(steps.append, Freed())
+    step(StepReport("sparsify", 1, 10, 0.0, 0.0, 5, 1.0))
+    assert seen == [2] and len(steps) == 1

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,6 +18,10 @@ from chainx.cli.options import (
 )
 from chainx.cli.printers import console, fail, print_chain_summary, progress, step_printer
 from chainx.errors import ChainxError, VerificationError
+
+if TYPE_CHECKING:
+    from chainx.cores import ThreadGovernor
+    from chainx.scoring.settings import StepReport
 
 
 @with_extract_options
@@ -52,8 +57,9 @@ def extract_command(
     options: dict[str, object] | None = None,
 ) -> None:
     """Extract the inference chain of MODEL on the region IMAGES."""
-    from chainx.cores import thread_count
+    from chainx.cores import ThreadGovernor, thread_count
 
+    chosen = threads
     threads, why = thread_count(threads)  # before torch loads: it may set OMP_WAIT_POLICY
     from chainx.extraction import extract
     from chainx.pipeline import Listener
@@ -61,6 +67,7 @@ def extract_command(
 
     set_threads(threads)
     console.print(f"threads: {threads} ({why})")
+    governor = None if chosen else ThreadGovernor(threads)
 
     try:
         settings = extract_settings(
@@ -74,7 +81,9 @@ def extract_command(
                 settings=settings,
                 out=out or Path(f"{model.stem}.chain"),
                 force=force,
-                listener=Listener(message=console.print, step=step_printer(bar)),
+                listener=Listener(
+                    message=console.print, step=governed(step_printer(bar), governor)
+                ),
             )
     except ChainxError as error:
         fail(error)
@@ -84,3 +93,27 @@ def extract_command(
     if failed:
         fail(VerificationError(f"frontier chains failed verification: {', '.join(failed)}"))
     print_chain_summary(result.to_json())
+
+
+def governed(
+    on_step: Callable[[StepReport], None], governor: ThreadGovernor | None
+) -> Callable[[StepReport], None]:
+    """`on_step`, after following the load other jobs put on the machine (`--threads 0`)."""
+    if governor is None:
+        return on_step
+
+    def step(report: StepReport) -> None:
+        before = governor.threads
+        threads = governor.check()
+        if threads is not None:
+            from chainx.scoring.device import set_threads
+
+            set_threads(threads)
+            busy = governor.usable - threads
+            console.print(
+                f"threads: {before} → {threads} ({busy} of {governor.usable} cores busy with "
+                "other jobs now)"
+            )
+        on_step(report)
+
+    return step

@@ -218,33 +218,34 @@ def extract(
     files = {**drawn.files, **(frontier.files if frontier else {})}
     if deploy.check.passed:
         files["chain.deploy.onnx"] = deploy.model.SerializeToString()
-    report = report_html(
-        {**record, "files": {}},
-        files,
-        predictions(
-            region.paths,
-            region.labels,
-            outputs.original_region,
-            outputs.chain_region,
-            source.kind,
+    with stage("report"):
+        report = report_html(
+            {**record, "files": {}},
+            files,
+            predictions(
+                region.paths,
+                region.labels,
+                outputs.original_region,
+                outputs.chain_region,
+                source.kind,
+                class_names,
+            ),
+            region.array,
+            predictions(
+                held.paths,
+                held.labels,
+                outputs.original_holdout,
+                outputs.chain_holdout,
+                source.kind,
+                class_names,
+            )
+            if held
+            else None,
+            held.array if held else None,
+            source.prep,
             class_names,
-        ),
-        region.array,
-        predictions(
-            held.paths,
-            held.labels,
-            outputs.original_holdout,
-            outputs.chain_holdout,
-            source.kind,
-            class_names,
+            frontier_plot(frontier.entries) if frontier else None,
         )
-        if held
-        else None,
-        held.array if held else None,
-        source.prep,
-        class_names,
-        frontier_plot(frontier.entries) if frontier else None,
-    )
     result = ExtractResult(
         chain=chain.model,
         verification=chain.verification,

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from chainx.errors import ChainxError
+from chainx.errors import ChainxError, stage
 from chainx.version import __version__
 
 
@@ -77,6 +77,7 @@ def read_chain(path: Path) -> dict[str, Any]:
     return data
 
 
+@stage("compare")
 def compare(a: Path, b: Path) -> Comparison:
     first, second = read_chain(a), read_chain(b)
     if first["source"]["sha256"] != second["source"]["sha256"]:

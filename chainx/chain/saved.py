@@ -18,7 +18,7 @@ from chainx.chain.export import (
 )
 from chainx.chain.verify import verify_chain
 from chainx.channels.surgery import present_units
-from chainx.errors import ChainxError
+from chainx.errors import ChainxError, stage
 from chainx.images import Preprocessing, load_images
 from chainx.onnx.load import load_model, sha256_file
 from chainx.onnx.normalise import normalise
@@ -62,6 +62,7 @@ class ChainSources:
         return cls(chain=target, model=model, images=images, holdout=holdout, deploy=deploy)
 
 
+@stage("verify")
 def verify_saved_chain(sources: ChainSources) -> dict[str, Any]:
     from chainx.scoring.model import ScoringModel, masked_outputs  # torch loads here
 

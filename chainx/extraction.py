@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from chainx.chain.export import chain_summary
 from chainx.chain.result import ExtractResult, LayerGraph, layer_results
@@ -20,7 +21,7 @@ from chainx.render.frontier_plot import frontier_plot
 from chainx.render.layers import layer_edges
 from chainx.render.paths import link_weights, strongest_paths
 from chainx.render.report import predictions, report_html
-from chainx.scoring.settings import REFERENCE_MARGIN
+from chainx.scoring.settings import REFERENCE_MARGIN, OptimiseResult, OptimiseSettings
 from chainx.settings import ExtractSettings, read_class_names
 from chainx.version import __version__
 
@@ -42,6 +43,37 @@ def refuse_unfaithful(verification: ChainVerification, summary: dict) -> None:
         "filters (a larger --keep-ratio, a smaller --lam or --tau) or optimise longer "
         "(--steps, --finetune-steps); if the original's own predictions on these images look "
         "wrong, check the preprocessing (--size, --resize, --mean, --std)."
+    )
+
+
+def budget_record(settings: OptimiseSettings, result: OptimiseResult) -> dict[str, Any]:
+    """chain.json's "budget": how the chain's size was chosen. The default search records
+    every budget it fine-tuned and why it chose the one it did."""
+    if result.chosen is not None:
+        chosen = result.budgets[result.chosen]
+        wanted = settings.min_agreement or 0.0
+        return {
+            "mode": "auto",
+            "min_agreement": wanted,
+            "holds": chosen.agreement >= wanted - 1e-9,
+            "chosen": asdict(chosen),
+            "reason": result.budget_reason,
+            "tried": [asdict(trial) for trial in result.budgets],
+        }
+    if settings.keep_ratio is not None:
+        return {"mode": "keep-ratio", "keep_ratio": settings.keep_ratio}
+    return {"mode": "tau", "tau": settings.tau}
+
+
+def budget_line(budget: dict[str, Any]) -> str:
+    """The terminal's account of the default search."""
+    tried = sorted(budget["tried"], key=lambda trial: -trial["keep_ratio"])
+    listed = ", ".join(f"{t['keep_ratio']:.3g} ({t['agreement']:.0%})" for t in tried)
+    chosen = budget["chosen"]
+    head = "budget" if budget["holds"] else "budget: WARNING,"
+    return (
+        f"{head} tried {listed} of the filters; chose {chosen['keep_ratio']:.3g} "
+        f"({chosen['filters']:,} filters): {budget['reason']}"
     )
 
 
@@ -91,6 +123,9 @@ def extract(
 
     scores = optimise_scores(source, region, settings.optimise, listener.step, settings.frontier)
     timings["optimise_s"] = scores.result.seconds
+    budget = budget_record(scores.settings, scores.result)
+    if budget["mode"] == "auto":
+        listener.message(budget_line(budget))
     if (scale := scores.result.output_scale) > 1:
         listener.message(
             f"objective: the region's median top-1 margin is {scale * REFERENCE_MARGIN:,.0f} "
@@ -177,6 +212,7 @@ def extract(
             "holdout": str(holdout) if holdout else None,
         },
         "settings": settings_record,
+        "budget": budget,
         "summary": summary,
         "layers": [layer.to_json() for layer in layers],
         "edges": edges,

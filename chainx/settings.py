@@ -60,9 +60,31 @@ class ExtractSettings:
                 )
         return cls(
             read=ReadSettings(**read),
-            optimise=replace(OptimiseSettings(), **optimise),
+            optimise=replace(OptimiseSettings(), **_budget(optimise)),
             **rest,
         )
+
+
+# The default budget's agreement (`scoring.auto_budget`).
+MIN_AGREEMENT = 0.95
+
+
+def _budget(optimise: dict[str, Any]) -> dict[str, Any]:
+    """The optimisation options with the budget settled: --keep-ratio or --tau where given
+    (τ 0.02 with --keep-ratio), else the default search for --min-agreement."""
+    optimise = {
+        name: value
+        for name, value in optimise.items()
+        if value is not None or name not in {"tau", "min_agreement"}
+    }
+    explicit = optimise.get("keep_ratio") is not None or "tau" in optimise
+    if explicit and "min_agreement" in optimise and optimise["min_agreement"] != MIN_AGREEMENT:
+        raise ChainxError(
+            "--min-agreement chooses the budget by search; --keep-ratio and --tau give one. "
+            "Use one of them."
+        )
+    optimise["min_agreement"] = None if explicit else optimise.get("min_agreement", MIN_AGREEMENT)
+    return optimise
 
 
 # The flags --input and --output name the model's image input and class output.
@@ -77,6 +99,7 @@ OPTIMISE_OPTIONS = (
     "finetune_patience",
     "tau",
     "keep_ratio",
+    "min_agreement",
     "kl_budget",
     "gradual",
     "hinge",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 
-import numpy as np
 import onnx
 import pytest
 from conftest import SAMPLE_HOLDOUT, SAMPLE_MODEL, SAMPLE_REGION
@@ -22,11 +21,14 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> chainx.ExtractResult:
 
 
 def test_the_chain_is_small_and_keeps_the_region_predictions(report: chainx.ExtractResult) -> None:
+    # The default budget: the sparsest chain that keeps ≥ 95 % (19 of 20) of the region.
     data = report.to_json()
-    assert data["summary"]["filters_removed_fraction"] >= 0.6
-    assert data["metrics"]["region"]["agree"] == data["metrics"]["region"]["images"] == 20
+    assert data["summary"]["filters_removed_fraction"] >= 0.9
+    assert data["metrics"]["region"]["images"] == 20
+    assert data["metrics"]["region"]["agree"] >= 19
+    assert data["budget"]["mode"] == "auto" and data["budget"]["holds"]
     assert data["metrics"]["holdout"]["images"] == 80
-    assert data["metrics"]["holdout"]["agreement"] >= 0.8
+    assert data["metrics"]["holdout"]["agreement"] >= 0.6  # 3s and 8s: chance is about 0.5
     assert data["metrics"]["exactness"]["passed"]
     assert data["metrics"]["exact_copies"]["mismatched"] == []
     assert data["frozen_ops"] == []
@@ -42,7 +44,10 @@ def test_chain_onnx_runs_alone_with_the_original_interface(report: chainx.Extrac
     images = load_images(SAMPLE_REGION, prep).array
     chain_top1 = run(session(chain), images).argmax(1)
     original_top1 = run(session(original), images).argmax(1)
-    np.testing.assert_array_equal(chain_top1, original_top1)
+    assert (chain_top1 == original_top1).mean() == report.to_json()["metrics"]["region"][
+        "agreement"
+    ]
+    assert (chain_top1 == original_top1).mean() >= 0.95
     # Kept Conv nodes carry their original names.
     original_convs = {n.name for n in original.graph.node if n.op_type == "Conv"}
     chain_convs = {n.name for n in chain.graph.node if n.op_type == "Conv"}

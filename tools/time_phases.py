@@ -48,8 +48,8 @@ def main() -> None:
     if args.whole:
         reduced.REDUCE_FROM_REMOVED = 2.0  # no mask removes twice its filters: never shrink
     phases: list[tuple[str, float]] = []
-    optimise._finetune = timed(  # noqa: SLF001
-        optimise._finetune,  # noqa: SLF001
+    optimise.finetune = timed(
+        optimise.finetune,
         lambda *a, **k: k.get("phase", a[5] if len(a) > 5 else "fine-tune"),
         phases,
     )

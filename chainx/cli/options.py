@@ -77,10 +77,30 @@ FinetunePatienceOption = Annotated[
         help="Stop a fine-tuning once the region has agreed in full for this many steps.",
     ),
 ]
-TauOption = Annotated[float, typer.Option(min=0.0, help="Score threshold τ.")]
+TauOption = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0,
+        help="Keep the filters whose multiplier ends above τ, instead of the default search "
+        "(--min-agreement).",
+    ),
+]
 KeepRatioOption = Annotated[
     float | None,
-    typer.Option(min=0.0, max=1.0, help="Keep this fraction of filters instead of τ."),
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="Keep this fraction of filters, instead of the default search (--min-agreement).",
+    ),
+]
+MinAgreementOption = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="The default budget: the sparsest chain whose fine-tuned top-1s agree with the "
+        "original's on this share of the region (docs/method.md).",
+    ),
 ]
 KlBudgetOption = Annotated[
     float | None, typer.Option(min=0.0, help="KL guard: λ backs off while KL exceeds this.")
@@ -163,8 +183,9 @@ EXTRACT_OPTIONS: dict[str, tuple[object, object]] = {
     "finetune_lr": (FinetuneLrOption, 0.05),
     "sparsify_until": (SparsifyUntilOption, None),
     "finetune_patience": (FinetunePatienceOption, None),
-    "tau": (TauOption, 0.02),
+    "tau": (TauOption, None),
     "keep_ratio": (KeepRatioOption, None),
+    "min_agreement": (MinAgreementOption, 0.95),
     "kl_budget": (KlBudgetOption, 0.3),
     "gradual": (GradualOption, True),
     "hinge": (HingeOption, 1.0),

@@ -160,6 +160,14 @@ def print_chain_summary(data: dict) -> None:
                 for kind, entry in units.items()
             ),
         )
+    budget = data.get("budget")
+    if budget and budget["mode"] == "auto":
+        chosen = budget["chosen"]
+        table.add_row(
+            "budget",
+            f"{chosen['keep_ratio']:.3g} of the filters, chosen from {len(budget['tried'])} "
+            f"tried: {budget['reason']}",
+        )
     table.add_row("fidelity", fidelity_line("region", metrics["region"]))
     table.add_row("", fidelity_line("holdout", metrics["holdout"]))
     exact = metrics["exactness"]

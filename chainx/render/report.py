@@ -184,6 +184,7 @@ def report_html(
         ),
         *_fidelity_rows(metrics),
         ("verification", f"{status}: max |Δ| {metrics['exactness']['max_abs_diff']:.3g}"),
+        *_budget_rows(data.get("budget")),
     ]
     cost = metrics["cost"]
     forms = [form for form in ("original", "chain", "deploy") if form in cost]
@@ -225,6 +226,7 @@ def report_html(
         _table(facts),
         "<h2>Chain</h2>",
         f"<div class='diagram'>{svg}</div>",
+        *_budget_section(data.get("budget")),
         *_frontier_section(files, frontier_png),
         "<h2>Strongest inference paths</h2>",
         f"<ol>{paths}</ol>" if paths else "<p>none</p>",
@@ -245,6 +247,37 @@ def report_html(
         f"<title>chainx report</title><style>{STYLE}</style></head>"
         f"<body>{''.join(sections)}<script>{CHECK_IMAGES}</script></body></html>"
     )
+
+
+def _budget_rows(budget: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if not budget:
+        return []
+    if budget["mode"] == "keep-ratio":
+        return [("budget", f"--keep-ratio {budget['keep_ratio']:g}")]
+    if budget["mode"] == "tau":
+        return [("budget", f"--tau {budget['tau']:g}")]
+    chosen = budget["chosen"]
+    return [("budget", f"{chosen['keep_ratio']:.3g} of the filters: {budget['reason']}")]
+
+
+def _budget_section(budget: dict[str, Any] | None) -> list[str]:
+    """The default search's budgets, densest first, the chosen one marked."""
+    if not budget or budget["mode"] != "auto":
+        return []
+    chosen = budget["chosen"]
+    rows = "".join(
+        f"<tr class='{'chosen' if trial == chosen else ''}'><td>{trial['keep_ratio']:.3g}</td>"
+        f"<td>{trial['filters']:,}</td><td>{100 * trial['agreement']:.0f} %</td>"
+        f"<td>{trial['kl']:.3g}</td><td>{_e(trial['source'])} (step {trial['step']})</td>"
+        f"<td>{'chosen' if trial == chosen else ''}</td></tr>"
+        for trial in sorted(budget["tried"], key=lambda t: -t["keep_ratio"])
+    )
+    return [
+        f"<h2>Budgets tried (the sparsest keeping ≥ {100 * budget['min_agreement']:.0f} % of "
+        "the region after fine-tuning)</h2>",
+        "<table><tr><th>share of filters</th><th>filters</th><th>region agreement</th>"
+        f"<th>KL</th><th>cut from</th><th></th></tr>{rows}</table>",
+    ]
 
 
 def _image(png: bytes) -> Image.Image:

@@ -68,7 +68,12 @@ class FrontierRecorder:
         self.last = ScoreState.of(self.scoring, step)
 
     def start_of(self, budget: float) -> tuple[ScoreState, str]:
-        if budget in self.crossed:
-            return self.crossed[budget], "path"
+        """The state to cut `budget` from: the path's at its crossing; for a budget the path
+        passed between two recorded crossings, the path's at the larger one (the nearest
+        denser state); for one the path never reached, the final one."""
+        passed = any(b <= budget for b in self.crossed)
+        denser = [b for b in self.crossed if b >= budget]
+        if passed and denser:
+            return self.crossed[min(denser)], "path"
         assert self.last is not None, "finish() runs before the cuts"
         return self.last, "final"

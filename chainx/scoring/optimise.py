@@ -31,19 +31,19 @@ import numpy as np
 import torch
 
 from chainx.errors import ChainxError
+from chainx.scoring.auto_budget import GRID, smallest_holding
 from chainx.scoring.budget import (
     FLOOR,
     Persistence,
     enough_to_cut,
     gradual_keep,
-    hold_floor,
     keep_top,
 )
 from chainx.scoring.compiled import compile_if_worth
+from chainx.scoring.finetune import finetune
 from chainx.scoring.frontier import FrontierRecorder
 from chainx.scoring.model import ScoringModel
 from chainx.scoring.objective import Objective, region_signal
-from chainx.scoring.reduced import shrunk_to_masks
 from chainx.scoring.settings import FrontierCut, OptimiseResult, OptimiseSettings, StepReport
 
 # Nats by which the region's outputs change with every filter off (`region_signal`).
@@ -90,48 +90,6 @@ def _threshold(
         f"every filter scored below the threshold τ={settings.tau}: λ={lam:g} is "
         f"too strong for this model. Try --lam {lam / 4:g} or set --keep-ratio."
     )
-
-
-def _finetune(
-    scoring: ScoringModel,
-    objective: Objective,
-    params: list[torch.Tensor],
-    settings: OptimiseSettings,
-    report: Callable[[str, int, int, float, float, float], None],
-    phase: str = "fine-tune",
-    floor: float = 0.0,
-) -> list[torch.Tensor]:
-    """Fine-tune the kept scores, mask fixed, each kept ≥ `floor`; returns the best
-    multipliers seen."""
-    adam = torch.optim.Adam(params, lr=settings.finetune_lr)
-    best: tuple[float, float, list[torch.Tensor]] | None = None
-    settled = 0  # steps running with the whole region in agreement
-    if floor:
-        hold_floor(scoring, floor)
-    with shrunk_to_masks(scoring):
-        for step in range(settings.finetune_steps + 1):
-            adam.zero_grad()
-            loss, kl, agree = objective.step(
-                hinge=settings.hinge, margin=settings.margin, hold=settings.hold_margin
-            )
-            if objective.views:
-                # Judged on the region, not on this step's random views.
-                kl, agree = objective.evaluate()
-            # Keep the best state seen: highest agreement, then lowest KL.
-            if best is None or (agree, -kl) > (best[0], -best[1]):
-                best = (agree, kl, [m.detach().clone() for m in scoring.multipliers()])
-            settled = settled + 1 if agree == 1.0 else 0
-            patience = settings.finetune_patience
-            if step == settings.finetune_steps or (patience is not None and settled > patience):
-                break
-            adam.step()
-            with torch.no_grad():
-                for score in scoring.scores:
-                    score.clamp_(min=0.0)
-            if floor:
-                hold_floor(scoring, floor)
-            report(phase, step + 1, settings.finetune_steps, loss, kl, agree)
-    return best[2]
 
 
 def region_objective(
@@ -210,7 +168,9 @@ def optimise(
         on_step(entry)
 
     params = [*scoring.scores, scoring.gates]
-    recorder = FrontierRecorder(scoring, frontier, settings.tau) if frontier else None
+    auto = settings.min_agreement is not None and settings.keep_ratio is None
+    recorded = (*frontier, *(GRID if auto else ()))
+    recorder = FrontierRecorder(scoring, recorded, settings.tau) if recorded else None
     adam = torch.optim.Adam(params, lr=settings.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(adam, max(settings.steps, 1))
     stable, previous, steps, strength = 0, None, 0, 1.0
@@ -260,12 +220,19 @@ def optimise(
 
     if recorder is not None:
         recorder.finish(steps)
-    final = threshold_and_finetune(
-        scoring, objective, settings, requested_lam, history, report, persistence
-    )
-    gates = torch.sigmoid(scoring.gates).detach().cpu().numpy()
+    search = None
+    if auto:
+        search = smallest_holding(scoring, objective, settings, recorder, persistence, report)
+        final, gates = search.tuned.multipliers, search.tuned.gates.cpu().numpy()
+    else:
+        final = threshold_and_finetune(
+            scoring, objective, settings, requested_lam, history, report, persistence
+        )
+        gates = torch.sigmoid(scoring.gates).detach().cpu().numpy()
     multipliers = as_arrays(scoring, final)
-    cuts = _frontier_cuts(scoring, objective, params, settings, recorder, report, persistence)
+    cuts = _frontier_cuts(
+        scoring, objective, params, settings, recorder, frontier, report, persistence
+    )
     return OptimiseResult(
         multipliers=multipliers,
         gates={point.layer: float(g) for point, g in zip(scoring.points, gates, strict=True)},
@@ -277,6 +244,9 @@ def optimise(
         signal=signal,
         output_scale=objective.scale,
         compiled=compiled,
+        budgets=search.trials if search else [],
+        chosen=search.chosen if search else None,
+        budget_reason=search.reason if search else "",
     )
 
 
@@ -295,17 +265,19 @@ def threshold_and_finetune(
     params = [*scoring.scores, scoring.gates]
     if settings.keep_ratio is None:
         _threshold(scoring, settings, requested_lam, history)
-        return _finetune(scoring, objective, params, settings, report)
+        return finetune(scoring, objective, params, settings, report).multipliers
     if not settings.gradual:
         # Fine-tune everything above τ first, then cut to the budget and fine-tune again:
         # the scores the first fine-tuning settles rank the filters better than phase 1's.
         if any(bool((m > settings.tau).any()) for m in scoring.multipliers()):
             _threshold(scoring, settings, requested_lam, history)
-            _finetune(scoring, objective, params, settings, report)
+            finetune(scoring, objective, params, settings, report)
         keep_top(scoring, settings.keep_ratio, final=True, persistence=persistence)
-        return _finetune(scoring, objective, params, settings, report, "fine-tune (budget)", FLOOR)
+        return finetune(
+            scoring, objective, params, settings, report, "fine-tune (budget)", FLOOR
+        ).multipliers
     keep_top(scoring, settings.keep_ratio, final=True, persistence=persistence)
-    return _finetune(scoring, objective, params, settings, report, floor=FLOOR)
+    return finetune(scoring, objective, params, settings, report, floor=FLOOR).multipliers
 
 
 def as_arrays(scoring: ScoringModel, values: list[torch.Tensor]) -> dict[str, np.ndarray]:
@@ -321,17 +293,19 @@ def _frontier_cuts(
     params: list[torch.Tensor],
     settings: OptimiseSettings,
     recorder: FrontierRecorder | None,
+    budgets: tuple[float, ...],
     report: Callable[[str, int, int, float, float, float], None],
     persistence: Persistence,
 ) -> list[FrontierCut]:
     """Each budget cut from its state on the score path (or the final one), exactly to
     the budget, then fine-tuned as the chain is."""
     cuts = []
-    for budget in recorder.budgets if recorder is not None else []:
+    for budget in sorted(set(budgets), reverse=True) if recorder is not None else []:
         state, source = recorder.start_of(budget)
         state.restore(scoring)
         keep_top(scoring, budget, final=True, persistence=persistence)
-        final = _finetune(scoring, objective, params, settings, report, f"keep {budget:g}", FLOOR)
+        phase = f"keep {budget:g}"
+        final = finetune(scoring, objective, params, settings, report, phase, FLOOR).multipliers
         cuts.append(FrontierCut(budget, as_arrays(scoring, final), source, state.step))
     return cuts
 
@@ -362,7 +336,7 @@ def finetune_selection(
         scoring.gates.fill_(scoring.gate_init)
     scoring.masks = kept
     params = [*scoring.scores, scoring.gates]
-    final = _finetune(scoring, objective, params, settings, _quiet, floor=min_score)
+    final = finetune(scoring, objective, params, settings, _quiet, floor=min_score).multipliers
     return as_arrays(scoring, final)
 
 

@@ -41,6 +41,9 @@ class OptimiseSettings:
     hold_margin: float | None = None
     kl_budget: float | None = 0.3
     gradual: bool = True
+    # The default budget (`auto_budget`): the sparsest chain that keeps this share of the
+    # region's top-1s after fine-tuning; None with --keep-ratio or --tau.
+    min_agreement: float | None = None
     compile: str = "auto"  # torch.compile: "auto" (when worth it), "always" or "never"
 
 
@@ -67,6 +70,20 @@ class FrontierCut:
 
 
 @dataclass
+class BudgetTrial:
+    """One budget the default search fine-tuned (`auto_budget`): the share of filters it
+    kept, its filters, the region agreement and KL it reached, and where it was cut from:
+    the score path at `step` ("path") or the end of sparsification ("final")."""
+
+    keep_ratio: float
+    filters: int
+    agreement: float
+    kl: float
+    source: str
+    step: int
+
+
+@dataclass
 class OptimiseResult:
     multipliers: dict[str, np.ndarray]
     gates: dict[str, float]
@@ -77,6 +94,9 @@ class OptimiseResult:
     frontier: list[FrontierCut] = field(default_factory=list)
     signal: float | None = None  # nats the region's outputs lose with every filter off
     output_scale: float = 1.0  # the temperature the objective reads the outputs at
+    budgets: list[BudgetTrial] = field(default_factory=list)  # the default search's trials
+    chosen: int | None = None  # which trial is the chain
+    budget_reason: str = ""  # why that one
     compiled: str = "eager"  # "compiled in N s", "eager", or "eager: " and why not compiled
 
 

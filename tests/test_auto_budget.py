@@ -1,0 +1,87 @@
+"""The default budget: the sparsest chain that keeps --min-agreement of the region, found from
+one optimisation; --keep-ratio and --tau override it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SAMPLE_HOLDOUT, SAMPLE_MODEL, SAMPLE_REGION
+from typer.testing import CliRunner
+
+from chainx.cli import app
+from chainx.errors import ChainxError
+from chainx.images import load_images, make_preprocessing
+from chainx.onnx.load import load_model
+from chainx.onnx.normalise import normalise
+from chainx.onnx.score_points import find_score_points
+from chainx.scoring.auto_budget import GRID
+from chainx.scoring.model import ScoringModel
+from chainx.scoring.optimise import optimise
+from chainx.settings import ExtractSettings
+
+MODEL = normalise(load_model(SAMPLE_MODEL))
+IMAGES = load_images(SAMPLE_REGION, make_preprocessing([None, 1, 28, 28], None, 28, None, None))
+
+
+def test_the_default_is_the_search_and_a_budget_or_threshold_overrides_it() -> None:
+    assert ExtractSettings.from_options().optimise.min_agreement == 0.95
+    assert ExtractSettings.from_options(min_agreement=0.9).optimise.min_agreement == 0.9
+    assert ExtractSettings.from_options(keep_ratio=0.1).optimise.min_agreement is None
+    tau = ExtractSettings.from_options(tau=0.05).optimise
+    assert tau.min_agreement is None and tau.tau == 0.05
+    with pytest.raises(ChainxError, match="--min-agreement"):
+        ExtractSettings.from_options(keep_ratio=0.1, min_agreement=0.8)
+
+
+def test_the_chain_is_the_sparsest_budget_tried_that_keeps_the_region() -> None:
+    settings = ExtractSettings.from_options(seed=0).optimise
+    scoring = ScoringModel(MODEL, find_score_points(MODEL))
+    result = optimise(scoring, IMAGES.array, "logits", settings)
+    trials = result.budgets
+    chosen = trials[result.chosen]
+    assert chosen.agreement >= 0.95
+    passing = [t for t in trials if t.agreement >= 0.95]
+    assert chosen.filters == min(t.filters for t in passing)
+    # The search went past the boundary: a sparser budget failed.
+    assert any(t.keep_ratio < chosen.keep_ratio and t.agreement < 0.95 for t in trials)
+    # A budget off the grid came from bisecting between the grid's two sides.
+    assert any(t.keep_ratio not in GRID for t in trials)
+    # The chain is that trial: its filters, and the region agreement the masked model gives.
+    kept = sum(int((m != 0).sum()) for m in result.multipliers.values())
+    assert kept == chosen.filters
+    original = scoring.masked(IMAGES.array, {p.layer: np.ones(p.channels) for p in scoring.points})
+    masked = scoring.masked(IMAGES.array, result.multipliers)
+    agreement = float((masked.argmax(1) == original.argmax(1)).mean())
+    assert agreement == pytest.approx(chosen.agreement)
+
+
+def extract(tmp_path: Path, *options: str) -> dict:
+    out = tmp_path / "chain"
+    outcome = CliRunner().invoke(
+        app,
+        ["extract", str(SAMPLE_MODEL), str(SAMPLE_REGION), "--holdout", str(SAMPLE_HOLDOUT)]
+        + ["--resize", "28", "--filter-images", "0", "--out", str(out), *options],
+    )
+    assert outcome.exit_code == 0, outcome.output
+    return json.loads((out / "chain.json").read_text()) | {"output": outcome.output}
+
+
+def test_the_terminal_chain_json_and_report_say_what_was_tried_and_chosen(tmp_path) -> None:
+    record = extract(tmp_path)
+    budget = record["budget"]
+    assert budget["mode"] == "auto" and budget["holds"] and budget["min_agreement"] == 0.95
+    assert budget["chosen"] in budget["tried"] and "sparsest" in budget["reason"]
+    assert record["summary"]["filters_kept"] == budget["chosen"]["filters"]
+    assert record["metrics"]["region"]["agreement"] >= 0.95
+    assert "budget tried" in record["output"] and "chose" in record["output"]
+    report = (tmp_path / "chain" / "report.html").read_text()
+    assert "Budgets tried" in report and "chosen" in report
+
+
+def test_keep_ratio_overrides_the_search(tmp_path) -> None:
+    record = extract(tmp_path, "--keep-ratio", "0.2", "--steps", "60", "--finetune-steps", "10")
+    assert record["budget"] == {"mode": "keep-ratio", "keep_ratio": 0.2}
+    assert record["summary"]["filters_kept"] <= 34  # a fifth of 168

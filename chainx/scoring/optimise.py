@@ -150,7 +150,9 @@ def optimise(
     on_step: Callable[[StepReport], None] = lambda report: None,
     frontier: tuple[float, ...] = (),
 ) -> OptimiseResult:
-    """Phase 1 (sparsify), threshold, phase 2 (fine-tune): the chain's multipliers.
+    """Phase 1 (sparsify), then the chain: by default the search for the sparsest budget
+    that keeps the region (`auto_budget`); with --keep-ratio or --tau, that threshold and
+    phase 2 (fine-tune). Returns the chain's multipliers.
 
     With `frontier` (fractions of filters kept), the same run also yields one fine-tuned
     cut per budget (`OptimiseResult.frontier`), after the chain itself, which stays the
@@ -237,7 +239,7 @@ def optimise(
         multipliers=multipliers,
         gates={point.layer: float(g) for point, g in zip(scoring.points, gates, strict=True)},
         steps=steps,
-        finetune_steps=sum(r.phase.startswith("fine-tune") for r in history),
+        finetune_steps=sum(r.phase.startswith(("fine-tune", "budget")) for r in history),
         seconds=time.perf_counter() - started,
         history=history,
         frontier=cuts,

@@ -88,7 +88,7 @@ class OptimiseResult:
     multipliers: dict[str, np.ndarray]
     gates: dict[str, float]
     steps: int
-    finetune_steps: int  # taken, over all fine-tuning phases
+    finetune_steps: int  # taken, over all fine-tuning phases (the default search's included)
     seconds: float
     history: list[StepReport] = field(default_factory=list)
     frontier: list[FrontierCut] = field(default_factory=list)

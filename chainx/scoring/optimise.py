@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import replace
-from itertools import pairwise
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -40,11 +39,12 @@ from chainx.scoring.budget import (
     keep_top,
 )
 from chainx.scoring.compiled import compile_if_worth
-from chainx.scoring.finetune import finetune
+from chainx.scoring.finetune import Report, finetune
 from chainx.scoring.frontier import FrontierRecorder
 from chainx.scoring.model import ScoringModel
 from chainx.scoring.objective import Objective, region_signal
 from chainx.scoring.settings import FrontierCut, OptimiseResult, OptimiseSettings, StepReport
+from chainx.scoring.threshold import threshold_and_finetune
 
 # Nats by which the region's outputs change with every filter off (`region_signal`).
 SILENT_SIGNAL = 1e-5  # below: nothing to explain
@@ -54,42 +54,6 @@ STRONG_SIGNAL = 1.0  # below: λ, the KL budget and the margin scale down with t
 def _kept(scoring: ScoringModel, tau: float) -> int:
     with torch.no_grad():
         return int(sum((m > tau).sum() for m in scoring.multipliers()))
-
-
-def _threshold(
-    scoring: ScoringModel,
-    settings: OptimiseSettings,
-    lam: float,
-    history: list[StepReport],
-    persistence: Persistence | None = None,
-) -> None:
-    """The mask after phase 1: the budget's top filters with `persistence` (its cut), or
-    every filter above τ without."""
-    if settings.keep_ratio is not None and persistence is not None:
-        keep_top(scoring, settings.keep_ratio, final=True, persistence=persistence)
-    else:
-        with torch.no_grad():
-            values = [m.detach() for m in scoring.multipliers()]
-            scoring.masks = [v > settings.tau for v in values]
-    if any(mask.any() for mask in scoring.masks):
-        return
-    total = sum(len(mask) for mask in scoring.masks)
-    kept = [r.kept for r in history if r.phase == "sparsify"]
-    # The count kept just before it first fell to none.
-    last = next((before for before, now in pairwise(kept) if now == 0 < before), 0)
-    if last > total // 2:
-        raise ChainxError(
-            f"every filter fell below the threshold τ={settings.tau} at once ({last:,} of "
-            f"{total:,} were kept the step before): the scores fell together because the KL "
-            "could not tell the filters apart. A layer that feeds a normalisation over its "
-            "channels (LayerNorm, as in ConvNeXt) is blind to a uniform scaling. Set "
-            "--keep-ratio (e.g. 0.1): a budget cuts by rank while sparsifying, which the "
-            f"outputs do notice; or lower --lam (e.g. {lam / 4:g})."
-        )
-    raise ChainxError(
-        f"every filter scored below the threshold τ={settings.tau}: λ={lam:g} is "
-        f"too strong for this model. Try --lam {lam / 4:g} or set --keep-ratio."
-    )
 
 
 def region_objective(
@@ -142,6 +106,24 @@ def scaled_to_signal(settings: OptimiseSettings, signal: float, images: int) -> 
     )
 
 
+@dataclass
+class Sparsified:
+    """Phase 1's outcome: what the chain and the frontier's cuts are then chosen from."""
+
+    objective: Objective
+    settings: OptimiseSettings  # scaled to the region's signal
+    requested_lam: float
+    signal: float
+    recorder: FrontierRecorder | None
+    persistence: Persistence
+    steps: int
+    compiled: str
+    history: list[StepReport]
+    report: Report
+    frontier: tuple[float, ...]
+    started: float
+
+
 def optimise(
     scoring: ScoringModel,
     images: np.ndarray,
@@ -158,6 +140,23 @@ def optimise(
     cut per budget (`OptimiseResult.frontier`), after the chain itself, which stays the
     same as without it.
     """
+    return conclude(scoring, sparsify(scoring, images, kind, settings, on_step, frontier))
+
+
+def _searching(settings: OptimiseSettings) -> bool:
+    """Whether the chain's budget is the default search's (no --keep-ratio or --tau)."""
+    return settings.min_agreement is not None and settings.keep_ratio is None
+
+
+def sparsify(
+    scoring: ScoringModel,
+    images: np.ndarray,
+    kind: str,
+    settings: OptimiseSettings,
+    on_step: Callable[[StepReport], None] = lambda report: None,
+    frontier: tuple[float, ...] = (),
+) -> Sparsified:
+    """Phase 1: the score path, with the states the budgets are later cut from."""
     torch.manual_seed(settings.seed)
     started = time.perf_counter()
     requested_lam = settings.lam
@@ -170,8 +169,7 @@ def optimise(
         on_step(entry)
 
     params = [*scoring.scores, scoring.gates]
-    auto = settings.min_agreement is not None and settings.keep_ratio is None
-    recorded = (*frontier, *(GRID if auto else ()))
+    recorded = (*frontier, *(GRID if _searching(settings) else ()))
     recorder = FrontierRecorder(scoring, recorded, settings.tau) if recorded else None
     adam = torch.optim.Adam(params, lr=settings.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(adam, max(settings.steps, 1))
@@ -222,64 +220,71 @@ def optimise(
 
     if recorder is not None:
         recorder.finish(steps)
+    return Sparsified(
+        objective,
+        settings,
+        requested_lam,
+        signal,
+        recorder,
+        persistence,
+        steps,
+        compiled,
+        history,
+        report,
+        frontier,
+        started,
+    )
+
+
+def conclude(scoring: ScoringModel, phase1: Sparsified) -> OptimiseResult:
+    """After phase 1: the chain (the default search's budget, or --keep-ratio's or τ's,
+    fine-tuned), then the frontier's cuts."""
+    objective, settings, report = phase1.objective, phase1.settings, phase1.report
     search = None
-    if auto:
-        search = smallest_holding(scoring, objective, settings, recorder, persistence, report)
+    if _searching(settings):
+        search = smallest_holding(
+            scoring, objective, settings, phase1.recorder, phase1.persistence, report
+        )
         final, gates = search.tuned.multipliers, search.tuned.gates.cpu().numpy()
     else:
         final = threshold_and_finetune(
-            scoring, objective, settings, requested_lam, history, report, persistence
+            scoring,
+            objective,
+            settings,
+            phase1.requested_lam,
+            phase1.history,
+            report,
+            phase1.persistence,
         )
         gates = torch.sigmoid(scoring.gates).detach().cpu().numpy()
     multipliers = as_arrays(scoring, final)
+    params = [*scoring.scores, scoring.gates]
     cuts = _frontier_cuts(
-        scoring, objective, params, settings, recorder, frontier, report, persistence
+        scoring,
+        objective,
+        params,
+        settings,
+        phase1.recorder,
+        phase1.frontier,
+        report,
+        phase1.persistence,
     )
+    history = phase1.history
     return OptimiseResult(
         multipliers=multipliers,
         gates={point.layer: float(g) for point, g in zip(scoring.points, gates, strict=True)},
-        steps=steps,
+        steps=phase1.steps,
         finetune_steps=sum(r.phase.startswith(("fine-tune", "budget")) for r in history),
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - phase1.started,
         history=history,
         frontier=cuts,
-        signal=signal,
+        signal=phase1.signal,
         output_scale=objective.scale,
-        compiled=compiled,
+        compiled=phase1.compiled,
         budgets=search.trials if search else [],
         chosen=search.chosen if search else None,
         budget_reason=search.reason if search else "",
     )
-
-
-def threshold_and_finetune(
-    scoring: ScoringModel,
-    objective: Objective,
-    settings: OptimiseSettings,
-    requested_lam: float,
-    history: list[StepReport],
-    report: Callable[[str, int, int, float, float, float], None],
-    persistence: Persistence,
-) -> list[torch.Tensor]:
-    """What follows phase 1, from the scores as they are: the mask, then phase 2; returns
-    the best multipliers seen. `settings` are the scaled ones (`region_objective`);
-    `requested_lam` and `history` only word the error when nothing is kept."""
-    params = [*scoring.scores, scoring.gates]
-    if settings.keep_ratio is None:
-        _threshold(scoring, settings, requested_lam, history)
-        return finetune(scoring, objective, params, settings, report).multipliers
-    if not settings.gradual:
-        # Fine-tune everything above τ first, then cut to the budget and fine-tune again:
-        # the scores the first fine-tuning settles rank the filters better than phase 1's.
-        if any(bool((m > settings.tau).any()) for m in scoring.multipliers()):
-            _threshold(scoring, settings, requested_lam, history)
-            finetune(scoring, objective, params, settings, report)
-        keep_top(scoring, settings.keep_ratio, final=True, persistence=persistence)
-        return finetune(
-            scoring, objective, params, settings, report, "fine-tune (budget)", FLOOR
-        ).multipliers
-    keep_top(scoring, settings.keep_ratio, final=True, persistence=persistence)
-    return finetune(scoring, objective, params, settings, report, floor=FLOOR).multipliers
 
 
 def as_arrays(scoring: ScoringModel, values: list[torch.Tensor]) -> dict[str, np.ndarray]:

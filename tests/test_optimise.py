@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
+import torch
 from conftest import SAMPLE_MODEL, SAMPLE_REGION
 
 from chainx.errors import ChainxError
@@ -12,7 +15,7 @@ from chainx.onnx.load import load_model
 from chainx.onnx.normalise import normalise
 from chainx.onnx.score_points import find_score_points
 from chainx.scoring.model import ScoringModel
-from chainx.scoring.optimise import OptimiseSettings, optimise
+from chainx.scoring.optimise import OptimiseSettings, optimise, sparsify
 
 MODEL = normalise(load_model(SAMPLE_MODEL))
 IMAGES = load_images(SAMPLE_REGION, make_preprocessing([None, 1, 28, 28], None, 28, None, None))
@@ -102,8 +105,6 @@ def test_sparsification_stops_near_the_budget_and_fine_tuning_once_settled() -> 
 
 @pytest.mark.parametrize(("hold", "active"), [(0.5, False), (2.0, True)])
 def test_the_hinge_holds_a_fraction_of_each_original_margin(hold: float, active: bool) -> None:
-    import torch
-
     from chainx.scoring.objective import Objective
 
     scoring = ScoringModel(MODEL, find_score_points(MODEL))
@@ -236,3 +237,27 @@ def test_with_views_the_chain_is_the_best_fine_tuning_step_on_the_region_itself(
     chain = log_softmax(scoring.masked(images, result.multipliers), "logits").argmax(1)
     tuned = [r.agreement for r in reports if r.phase == "fine-tune"]
     assert float((chain == original).mean()) >= max(tuned)
+
+
+def test_the_scoring_model_starts_as_the_original() -> None:
+    scoring = ScoringModel(MODEL, find_score_points(MODEL))
+    for multiplier in scoring.multipliers():
+        np.testing.assert_allclose(multiplier.detach().numpy(), 1.0, rtol=1e-6)
+    x = torch.from_numpy(IMAGES.array)
+    with torch.no_grad():
+        start, original = scoring(x).numpy(), scoring.unscored(x).numpy()
+    np.testing.assert_allclose(start, original, rtol=1e-5, atol=1e-5 * np.abs(original).max())
+
+
+def test_the_kl_guard_switches_the_l1_off_on_every_step_over_its_budget() -> None:
+    # A budget every step exceeds once the first L1 step has moved the scores: each step
+    # after one over the budget has no L1 in its loss, and no filter is pulled out.
+    reports = []
+    settings = OptimiseSettings(steps=30, finetune_steps=0, kl_budget=1e-12)
+    scoring = ScoringModel(MODEL, find_score_points(MODEL))
+    sparsify(scoring, IMAGES.array, "logits", settings, reports.append)
+    after_over = [now for before, now in pairwise(reports) if before.kl > 1e-12]
+    assert len(after_over) >= 25
+    assert all(r.loss == pytest.approx(r.kl, rel=1e-6, abs=1e-9) for r in after_over)
+    assert reports[0].loss > reports[0].kl  # the first step, from the original, pulled
+    assert reports[-1].kept == sum(p.channels for p in scoring.points)

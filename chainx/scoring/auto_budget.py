@@ -114,7 +114,9 @@ def smallest_holding(
         if holds(GRID[index]):
             held = GRID[index]
         else:
-            failed, index = GRID[index], index - 1
+            index -= 1
+    # A budget that failed as a cut from the path may hold as a cut from the chain that
+    # held, repaired by its fine-tuning: the path rides the KL guard, its states are rough.
     while held is not None and failed is None and index + 1 < len(GRID):
         index += 1
         if holds(GRID[index], tuned[held]):

@@ -82,6 +82,6 @@ def test_the_terminal_chain_json_and_report_say_what_was_tried_and_chosen(tmp_pa
 
 
 def test_keep_ratio_overrides_the_search(tmp_path) -> None:
-    record = extract(tmp_path, "--keep-ratio", "0.2", "--steps", "60", "--finetune-steps", "10")
+    record = extract(tmp_path, "--keep-ratio", "0.2", "--steps", "150", "--finetune-steps", "20")
     assert record["budget"] == {"mode": "keep-ratio", "keep_ratio": 0.2}
     assert record["summary"]["filters_kept"] <= 34  # a fifth of 168

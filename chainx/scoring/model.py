@@ -167,12 +167,12 @@ class ScoringModel(nn.Module):
 
     @property
     def unit_score(self) -> float:
-        """The score whose multiplier, at the initial gate, is exactly 1.
+        """The score whose multiplier, at the initial gate, is 1 (to float32's rounding).
 
         Why: the optimisation starts from the original network. At scores of 1 every layer
         was scaled by sigmoid(gate_init) = 0.95, which a deep network without normalisation
         compounds: EfficientNet-Lite0's 49 layers started at a KL of 0.97 from the original,
-        the KL guard stopped the L1 at once, and phase 1 lost its first 90 of 300 steps."""
+        and the KL guard held the L1 off for steps 11–76 of 300 (docs/method.md)."""
         return 1.0 / float(torch.sigmoid(torch.tensor(self.gate_init)))
 
     def use_compiled(self, compiled: nn.Module | None) -> None:

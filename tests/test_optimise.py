@@ -83,14 +83,14 @@ def test_sparsification_stops_near_the_budget_and_fine_tuning_once_settled() -> 
         steps=200,
         finetune_steps=60,
         tau=0.0,
-        keep_ratio=0.1,
+        keep_ratio=0.15,  # at 0.1 the region holds 19/20 at best: nothing settles early
         gradual=False,
         sparsify_until=3.0,
         finetune_patience=5,
     )
     result, _ = _run(settings, reports.append)
     total = sum(len(m) for m in result.multipliers.values())
-    enough = 3 * int(np.ceil(0.1 * total))
+    enough = 3 * int(np.ceil(0.15 * total))
     sparsify = [r for r in reports if r.phase == "sparsify"]
     # It stops at the first step at or under three budgets, long before its 200 steps.
     assert sparsify[-1].kept <= enough < min(r.kept for r in sparsify[:-1])
@@ -107,8 +107,7 @@ def test_sparsification_stops_near_the_budget_and_fine_tuning_once_settled() -> 
 def test_the_hinge_holds_a_fraction_of_each_original_margin(hold: float, active: bool) -> None:
     from chainx.scoring.objective import Objective
 
-    scoring = ScoringModel(MODEL, find_score_points(MODEL))
-    scoring.gates.data.fill_(30.0)  # sigmoid(30) is 1 in float32: every multiplier is 1
+    scoring = ScoringModel(MODEL, find_score_points(MODEL))  # every multiplier starts at 1
     objective = Objective(scoring, torch.from_numpy(IMAGES.array), "logits", 32, False, 0)
     # Unscored, the chain is the original: its margin is the original margin, so holding
     # half of it costs nothing, while asking for twice as much does.

@@ -8,7 +8,7 @@
 #   bash tools/gpu_check.sh --device cpu --short  # the same steps, small, on a CPU (CI)
 #   PYTHONPATH=$PWD:/tmp/site bash tools/gpu_check.sh --python python3  # no package index
 #
-# --short: ResNet-18 at 64 px on 4 images with 20 + 5 steps, the step at batch 4 and a
+# --short: ResNet-18 at 64 px on 4 images with 60 + 20 steps, the step at batch 4 and a
 # 2-trial sweep of the MNIST sample; --no-install: use the existing .venv; --python PATH:
 # use this interpreter and install nothing, for a machine that cannot reach a package
 # index but whose python has torch (chainx's other packages carried as wheels onto
@@ -42,7 +42,7 @@ since() { # whole seconds since a `date +%s%N` mark
 }
 
 if [[ $short == 1 ]]; then
-    arch=resnet18 size=64 images=4 steps=20 finetune=5 batch=4 trials=2
+    arch=resnet18 size=64 images=4 steps=60 finetune=20 batch=4 trials=2
 else
     arch=resnet50 size=224 images=20 steps=300 finetune=100 batch=20 trials=4
 fi

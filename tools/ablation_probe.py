@@ -17,8 +17,10 @@ holdout agreement, and the area under the holdout frontier.
     .venv/bin/python tools/ablation_probe.py build/cifar10_resnet20.onnx \\
         ../shared/data/cifar10/test --trials 20 --resize 32 --out build/ablation_r20.jsonl
 
-`--summary FILE` prints the paired comparison of a finished run. A measurement tool: the
-replacement lives in forward hooks here, not in chainx, until it wins (issue 35).
+`--shard 0/2` and `--shard 1/2` split the trials between two processes (one thread each,
+OMP_NUM_THREADS=1), `--summary FILE...` prints the paired comparison of finished runs.
+A measurement tool: the replacement lives in forward hooks here, not in chainx, until it
+wins (issue 35).
 """
 
 from __future__ import annotations
@@ -272,11 +274,15 @@ def main() -> None:
     parser.add_argument("--mean", type=lambda s: tuple(map(float, s.split(","))))
     parser.add_argument("--std", type=lambda s: tuple(map(float, s.split(","))))
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--summary", type=Path, help="print a finished run's comparison")
+    parser.add_argument("--summary", type=Path, nargs="+", help="print finished runs' comparison")
+    parser.add_argument(
+        "--shard", default="0/1", help="I/N: only trials whose index is I modulo N (parallel runs)"
+    )
     args = parser.parse_args()
     if args.summary:
-        summary([json.loads(line) for line in args.summary.read_text().splitlines()])
+        summary([json.loads(line) for f in args.summary for line in f.read_text().splitlines()])
         return
+    shard, shards = map(int, args.shard.split("/"))
     read = ReadSettings(resize=args.resize, mean=args.mean, std=args.std)
     config = SweepConfig(
         model=args.model,
@@ -289,7 +295,7 @@ def main() -> None:
     if args.out.exists():
         done = {json.loads(line)["trial"] for line in args.out.read_text().splitlines()}
     for spec in plan_trials(config, args.trials):
-        if spec.index in done:
+        if spec.index in done or spec.index % shards != shard:
             continue
         record = run_trial(spec, config.optimise)
         with args.out.open("a") as out:

@@ -4,6 +4,7 @@ one optimisation; --keep-ratio and --tau override it."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 
 from chainx.cli import app
 from chainx.errors import ChainxError
+from chainx.extraction import budget_line, budget_record
 from chainx.images import load_images, make_preprocessing
 from chainx.onnx.load import load_model
 from chainx.onnx.normalise import normalise
@@ -85,3 +87,25 @@ def test_keep_ratio_overrides_the_search(tmp_path) -> None:
     record = extract(tmp_path, "--keep-ratio", "0.2", "--steps", "150", "--finetune-steps", "20")
     assert record["budget"] == {"mode": "keep-ratio", "keep_ratio": 0.2}
     assert record["summary"]["filters_kept"] <= 34  # a fifth of 168
+
+
+def test_where_no_budget_holds_the_chain_keeping_most_of_the_region_is_marked() -> None:
+    # No chain can agree on more than all of the region: every budget fails, the filters
+    # above τ are the last candidate, and the one that keeps the most is the chain.
+    settings = replace(
+        ExtractSettings.from_options(seed=0, steps=100, finetune_steps=20).optimise,
+        min_agreement=1.01,
+    )
+    scoring = ScoringModel(MODEL, find_score_points(MODEL))
+    result = optimise(scoring, IMAGES.array, "logits", settings)
+    trials = result.budgets
+    assert trials[-1].source == "τ"  # the search ran down to half the filters and past it
+    assert [t.keep_ratio for t in trials[:-1]] == sorted(t.keep_ratio for t in trials[:-1])
+    chosen = trials[result.chosen]
+    best = max(t.agreement for t in trials)
+    assert chosen.agreement == best
+    assert chosen.filters == min(t.filters for t in trials if t.agreement == best)
+    assert result.budget_reason.startswith("no budget tried kept")
+    record = budget_record(settings, result)
+    assert record["holds"] is False
+    assert budget_line(record).startswith("budget: WARNING,")

@@ -6,6 +6,9 @@ reads across methods instead. This prints, as markdown:
 - holdout agreement within the region's classes, one column per method, one row per
   budget (the fraction NeuroChains' cut removed) and one for the area under the frontier;
 - NeuroChains' own frontier on the region and the holdout;
+- region fit (top-1 agreement on the region's 20 images) per method, and NeuroChains
+  against each method on it, paired by trial: a method can fit its region and not the
+  holdout, or the other way round;
 - NeuroChains against each method, paired by trial (two-sided Wilcoxon signed-rank);
 - each control's chains against the chance floor of the model they were cut from (the
   random-weights control's floor is the random network's, not the trained one's), and
@@ -74,6 +77,34 @@ def _chain_table(frontier: dict[str, Any]) -> list[str]:
         cells = [_cell(row, column, decimals) for _, column, decimals in columns]
         lines.append(f"| {row['filters removed %']['mean']:.1f} % | " + " | ".join(cells) + " |")
     return lines
+
+
+REGION_AGREEMENT = ("region", "agreement")
+
+
+def _region_fit_lines(records: list[dict[str, Any]], frontier: dict[str, Any]) -> list[str]:
+    methods = [m for m in frontier["methods"] if m not in CONTROLS]
+    lines = [
+        "| region top-1, filters removed | " + " | ".join(methods) + " |",
+        "| --- |" + " --- |" * len(methods),
+    ]
+    tests = []
+    for ratio in frontier["budgets"]:
+        values = {
+            m: [entry_value(at_budget(r, m, ratio) or {}, REGION_AGREEMENT, 100) for r in records]
+            for m in methods
+        }
+        known = {m: [v for v in values[m] if v is not None] for m in methods}
+        cells = [ci_cell(mean_ci(known[m]), 1) if known[m] else "–" for m in methods]
+        row = next(r for r in frontier["methods"][CHAIN] if r["keep_ratio"] == ratio)
+        lines.append(f"| {row['filters removed %']['mean']:.1f} % | " + " | ".join(cells) + " |")
+        tests += [
+            f"- region fit vs {m} at keep {ratio:g}: "
+            + _test_text(paired_or_none(list(zip(values[CHAIN], values[m], strict=True))))
+            for m in methods
+            if m != CHAIN
+        ]
+    return [*lines, "", *tests]
 
 
 def _test_text(test: dict[str, Any] | None) -> str:
@@ -154,6 +185,7 @@ def tables(records: list[dict[str, Any]]) -> str:
     sections = [
         _method_table(frontier, [CHAIN, *others]),
         _chain_table(frontier),
+        _region_fit_lines(records, frontier),
         _paired_lines(frontier),
         _control_lines(records, frontier),
         _run_lines(records, frontier),

@@ -17,6 +17,11 @@ holdout agreement, and the area under the holdout frontier.
     .venv/bin/python tools/ablation_probe.py build/cifar10_resnet20.onnx \\
         ../shared/data/cifar10/test --trials 20 --resize 32 --out build/ablation_r20.jsonl
 
+On EfficientNet-Lite0 the search and four ablations cost about 40 min a region (the
+replacement needs the whole network in every fine-tuning), so there the probe takes
+`--ablations zero,mean --keep-ratio 0.05 --frontier 0.3,0.15,0.05`: the chain at a fixed
+budget and three cuts, zero against the mean featuremap.
+
 `--shard 0/2` and `--shard 1/2` split the trials between two processes (one thread each,
 OMP_NUM_THREADS=1), `--summary FILE...` prints the paired comparison of finished runs.
 A measurement tool: the replacement lives in forward hooks here, not in chainx, until it
@@ -169,7 +174,13 @@ def measured(
     }
 
 
-def run_trial(spec: Any, settings: OptimiseSettings) -> dict[str, Any]:
+def run_trial(
+    spec: Any,
+    settings: OptimiseSettings,
+    ablations: tuple[str, ...] = ABLATIONS,
+    frontier: tuple[float, ...] = FRONTIER,
+    keep_ratio: float | None = None,
+) -> dict[str, Any]:
     started = time.perf_counter()
     source = open_model(spec.config.model, spec.config.read)
 
@@ -182,16 +193,22 @@ def run_trial(spec: Any, settings: OptimiseSettings) -> dict[str, Any]:
     with torch.no_grad():
         originals = tuple(scoring.unscored(torch.from_numpy(x)).numpy() for x in images)
     means = region_means(scoring, images[0])
-    # The default run's settings: the budget found by search (`chainx.settings`).
+    # The default run's settings: the budget found by search (`chainx.settings`), or
+    # --keep-ratio's chain where the search would cost too much (EfficientNet-Lite0).
     settings = replace(
         settings,
         seed=spec.seed,
         device=resolve_device(settings.device),
-        min_agreement=MIN_AGREEMENT,
+        min_agreement=None if keep_ratio else MIN_AGREEMENT,
+        keep_ratio=keep_ratio,
         compile="never",  # forward hooks on an eager network
     )
-    phase1 = sparsify(scoring, images[0], source.kind, settings, frontier=FRONTIER)
-    record: dict[str, Any] = {"trial": spec.index, "classes": list(spec.classes)}
+    phase1 = sparsify(scoring, images[0], source.kind, settings, frontier=frontier)
+    record: dict[str, Any] = {
+        "trial": spec.index,
+        "classes": list(spec.classes),
+        "chain": f"keep {keep_ratio:g}" if keep_ratio else "auto budget",
+    }
     constants = channel_constants(means)
 
     def frontier_of(
@@ -204,7 +221,9 @@ def run_trial(spec: Any, settings: OptimiseSettings) -> dict[str, Any]:
             ]
         entry["area"] = area(entry["frontier"])
 
-    for ablation, values in (("zero", None), ("mean", means), ("constant", constants)):
+    concluded = (("zero", None), ("mean", means), ("constant", constants))
+    wanted = {"constant"} | set(ablations) if "optimal" in ablations else set(ablations)
+    for ablation, values in (c for c in concluded if c[0] in wanted):
         with replaced(scoring, values) if values is not None else contextlib.nullcontext():
             result = conclude(scoring, phase1)
             entry = measured(scoring, result.multipliers, images, originals, source.kind)
@@ -212,7 +231,7 @@ def run_trial(spec: Any, settings: OptimiseSettings) -> dict[str, Any]:
         frontier_of(entry, cuts, values)
         entry["budgets_tried"] = len(result.budgets)
         record[ablation] = entry
-        if ablation == "constant":
+        if ablation == "constant" and "optimal" in ablations:
             chain = learnt_constants(scoring, phase1, result.multipliers, constants)
             with replaced(scoring, chain):
                 optimal = measured(scoring, result.multipliers, images, originals, source.kind)
@@ -231,13 +250,14 @@ def run_trial(spec: Any, settings: OptimiseSettings) -> dict[str, Any]:
 def summary(records: list[dict[str, Any]]) -> None:
     """Zero's mean [95 % CI] over the trials, then each other ablation minus zero, paired
     (wins/losses/ties, two-sided Wilcoxon)."""
-    print(
-        f"{len(records)} trials; columns: zero, " + ", ".join(f"{a} − zero" for a in ABLATIONS[1:])
-    )
+    others = [a for a in ABLATIONS[1:] if all(a in r for r in records)]
+    print(f"{len(records)} trials; columns: zero, " + ", ".join(f"{a} − zero" for a in others))
+    chain = records[0].get("chain", "auto budget")
+    budgets = sorted({c["keep_ratio"] for c in records[0]["zero"]["frontier"]}, reverse=True)
     columns = {
-        "auto budget: % removed": lambda e: 100 * e["removed"],
-        "auto budget: region %": lambda e: 100 * e["region"],
-        "auto budget: holdout %": lambda e: 100 * e["holdout"],
+        f"{chain}: % removed": lambda e: 100 * e["removed"],
+        f"{chain}: region %": lambda e: 100 * e["region"],
+        f"{chain}: holdout %": lambda e: 100 * e["holdout"],
         "frontier area (holdout %)": lambda e: e["area"],
         **{
             f"keep {k:g}: {what} %": (
@@ -245,7 +265,7 @@ def summary(records: list[dict[str, Any]]) -> None:
                     100 * next(c[what] for c in e["frontier"] if c["keep_ratio"] == k)
                 )
             )
-            for k in FRONTIER
+            for k in budgets
             for what in ("region", "holdout")
         },
     }
@@ -253,7 +273,7 @@ def summary(records: list[dict[str, Any]]) -> None:
         zero = [value(r["zero"]) for r in records]
         z = mean_ci(zero)
         cells = [f"{z['mean']:.1f} [{z['low']:.1f}, {z['high']:.1f}]"]
-        for ablation in ABLATIONS[1:]:
+        for ablation in others:
             d = paired_test([value(r[ablation]) for r in records], zero)
             diff, p = d["difference"], d["wilcoxon_p"]
             cells.append(
@@ -276,6 +296,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--summary", type=Path, nargs="+", help="print finished runs' comparison")
     parser.add_argument(
+        "--ablations", default=",".join(ABLATIONS), help="of " + ", ".join(ABLATIONS)
+    )
+    parser.add_argument("--frontier", default=",".join(map(str, FRONTIER)))
+    parser.add_argument(
+        "--keep-ratio", type=float, help="the chain at this budget instead of the default search"
+    )
+    parser.add_argument(
         "--shard", default="0/1", help="I/N: only trials whose index is I modulo N (parallel runs)"
     )
     args = parser.parse_args()
@@ -283,6 +310,10 @@ def main() -> None:
         summary([json.loads(line) for f in args.summary for line in f.read_text().splitlines()])
         return
     shard, shards = map(int, args.shard.split("/"))
+    ablations = tuple(args.ablations.split(","))
+    if "zero" not in ablations or not set(ablations) <= set(ABLATIONS):
+        raise SystemExit(f"--ablations: zero and any of {', '.join(ABLATIONS[1:])}")
+    frontier = tuple(float(k) for k in args.frontier.split(","))
     read = ReadSettings(resize=args.resize, mean=args.mean, std=args.std)
     config = SweepConfig(
         model=args.model,
@@ -297,12 +328,13 @@ def main() -> None:
     for spec in plan_trials(config, args.trials):
         if spec.index in done or spec.index % shards != shard:
             continue
-        record = run_trial(spec, config.optimise)
+        record = run_trial(spec, config.optimise, ablations, frontier, args.keep_ratio)
         with args.out.open("a") as out:
             out.write(json.dumps(record) + "\n")
         cells = [
             f"{a} {record[a]['kept']} kept {record[a]['region']:.0%} area {record[a]['area']:.1f}"
-            for a in ABLATIONS
+            for a in ablations
+            if a in record
         ]
         print(f"trial {spec.index} {spec.classes}: " + " | ".join(cells), flush=True)
 

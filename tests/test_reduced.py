@@ -45,7 +45,7 @@ def _scoring(model: object, keep: float, seed: int = 0) -> ScoringModel:
 
 def _step(scoring: ScoringModel, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The outputs and the gradients into scores and gates of a loss that reads every logit."""
-    for parameter in (*scoring.scores, scoring.gates):
+    for parameter in scoring.learnt():
         parameter.grad = None
     out = scoring(x)
     (out * torch.linspace(-1, 1, out.shape[-1])).square().sum().backward()

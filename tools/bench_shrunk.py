@@ -59,7 +59,7 @@ def main() -> None:
     shrink_s = time.perf_counter() - started
 
     def step() -> float:
-        for parameter in (*scoring.scores, scoring.gates):
+        for parameter in scoring.learnt():
             parameter.grad = None
         started = time.perf_counter()
         objective.step(hinge=5.0, margin=1.0, hold=0.5)

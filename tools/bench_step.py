@@ -115,7 +115,7 @@ def main() -> None:
         scoring.run(leaf, ones, scoring.compiled).logsumexp(-1).sum().backward()
 
     def scored() -> None:
-        for parameter in (*scoring.scores, scoring.gates):
+        for parameter in scoring.learnt():
             parameter.grad = None
         objective.step(30.0)
 

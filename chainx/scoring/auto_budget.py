@@ -79,7 +79,7 @@ def smallest_holding(
     """The sparsest budget whose fine-tuned chain keeps `settings.min_agreement` of the
     region; where none does, the one that keeps the most (the sparsest among ties)."""
     wanted = settings.min_agreement if settings.min_agreement is not None else 1.0
-    params = [*scoring.scores, scoring.gates]
+    params = scoring.learnt()
     trials: list[BudgetTrial] = []
     tuned: dict[float, Tuned] = {}
 

@@ -112,7 +112,7 @@ def compile_if_worth(
         scoring.use_compiled(None)
         return f"eager: torch.compile failed ({type(exc).__name__}: {str(exc)[:200]})"
     finally:
-        for parameter in (*scoring.scores, scoring.gates):
+        for parameter in scoring.learnt():
             parameter.grad = None
     on_step(StepReport("compile", 1, 1, 0.0, 0.0, kept, 0.0))
     return f"compiled in {time.perf_counter() - started:.1f} s"

@@ -175,6 +175,11 @@ class ScoringModel(nn.Module):
         and the KL guard held the L1 off for steps 11–76 of 300 (docs/method.md)."""
         return 1.0 / float(torch.sigmoid(torch.tensor(self.gate_init)))
 
+    def learnt(self) -> list[torch.Tensor]:
+        """What the optimiser moves: each layer's scores and the gates (the network's own
+        weights stay frozen)."""
+        return [*self.scores, self.gates]
+
     def use_compiled(self, compiled: nn.Module | None) -> None:
         """Run the scored steps (`forward`) through `compiled`, `net` compiled
         (`compiled.compiled_network`), from now on, or eagerly again with None; the outputs

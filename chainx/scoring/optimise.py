@@ -176,7 +176,7 @@ def sparsify(
         history.append(entry)
         on_step(entry)
 
-    params = [*scoring.scores, scoring.gates]
+    params = scoring.learnt()
     recorded = (*frontier, *(GRID if _searching(settings) else ()))
     recorder = FrontierRecorder(scoring, recorded, settings.tau) if recorded else None
     adam = torch.optim.Adam(params, lr=settings.lr)
@@ -266,7 +266,7 @@ def conclude(scoring: ScoringModel, phase1: Sparsified) -> OptimiseResult:
         )
         gates = torch.sigmoid(scoring.gates).detach().cpu().numpy()
     multipliers = as_arrays(scoring, final)
-    params = [*scoring.scores, scoring.gates]
+    params = scoring.learnt()
     cuts = _frontier_cuts(
         scoring,
         objective,
@@ -350,7 +350,7 @@ def finetune_selection(
             score.copy_(mask.to(score.dtype) * scoring.unit_score)
         scoring.gates.fill_(scoring.gate_init)
     scoring.masks = kept
-    params = [*scoring.scores, scoring.gates]
+    params = scoring.learnt()
     final = finetune(scoring, objective, params, settings, _quiet, floor=min_score).multipliers
     return as_arrays(scoring, final)
 

@@ -63,7 +63,7 @@ def threshold_and_finetune(
     """What follows phase 1, from the scores as they are: the mask, then phase 2; returns
     the best multipliers seen. `settings` are the scaled ones (`region_objective`);
     `requested_lam` and `history` only word the error when nothing is kept."""
-    params = [*scoring.scores, scoring.gates]
+    params = scoring.learnt()
     if settings.keep_ratio is None:
         threshold(scoring, settings, requested_lam, history)
         return finetune(scoring, objective, params, settings, report).multipliers

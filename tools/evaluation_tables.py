@@ -88,16 +88,16 @@ def _region_fit_lines(records: list[dict[str, Any]], frontier: dict[str, Any]) -
         "| region top-1, filters removed | " + " | ".join(methods) + " |",
         "| --- |" + " --- |" * len(methods),
     ]
+    rows = {m: {r["keep_ratio"]: r for r in frontier["methods"][m]} for m in methods}
     tests = []
     for ratio in frontier["budgets"]:
+        cells = [_cell(rows[m].get(ratio), "region agreement %") for m in methods]
+        removed = rows[CHAIN][ratio]["filters removed %"]["mean"]
+        lines.append(f"| {removed:.1f} % | " + " | ".join(cells) + " |")
         values = {
             m: [entry_value(at_budget(r, m, ratio) or {}, REGION_AGREEMENT, 100) for r in records]
             for m in methods
         }
-        known = {m: [v for v in values[m] if v is not None] for m in methods}
-        cells = [ci_cell(mean_ci(known[m]), 1) if known[m] else "–" for m in methods]
-        row = next(r for r in frontier["methods"][CHAIN] if r["keep_ratio"] == ratio)
-        lines.append(f"| {row['filters removed %']['mean']:.1f} % | " + " | ".join(cells) + " |")
         tests += [
             f"- region fit vs {m} at keep {ratio:g}: "
             + _test_text(paired_or_none(list(zip(values[CHAIN], values[m], strict=True))))

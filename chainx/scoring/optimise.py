@@ -254,6 +254,7 @@ def conclude(scoring: ScoringModel, phase1: Sparsified) -> OptimiseResult:
             scoring, objective, settings, phase1.recorder, phase1.persistence, report
         )
         final, gates = search.tuned.multipliers, search.tuned.gates.cpu().numpy()
+        settings = replace(settings, finetune_lr=search.finetune_lr)  # the frontier's too
     else:
         final = threshold_and_finetune(
             scoring,
@@ -292,6 +293,8 @@ def conclude(scoring: ScoringModel, phase1: Sparsified) -> OptimiseResult:
         budgets=search.trials if search else [],
         chosen=search.chosen if search else None,
         budget_reason=search.reason if search else "",
+        finetune_lr=search.finetune_lr if search else settings.finetune_lr,
+        step_sizes=search.step_sizes if search else [],
     )
 
 

@@ -84,6 +84,15 @@ class BudgetTrial:
 
 
 @dataclass
+class StepSizeTrial:
+    """The default search's first candidate fine-tuned at one step size (`auto_budget`)."""
+
+    finetune_lr: float
+    agreement: float
+    kl: float
+
+
+@dataclass
 class OptimiseResult:
     multipliers: dict[str, np.ndarray]
     gates: dict[str, float]
@@ -97,6 +106,8 @@ class OptimiseResult:
     budgets: list[BudgetTrial] = field(default_factory=list)  # the default search's trials
     chosen: int | None = None  # which trial is the chain
     budget_reason: str = ""  # why that one
+    finetune_lr: float | None = None  # the fine-tuning's step size (the search chooses it)
+    step_sizes: list[StepSizeTrial] = field(default_factory=list)  # the search's choice
     compiled: str = "eager"  # "compiled in N s", "eager", or "eager: " and why not compiled
 
 

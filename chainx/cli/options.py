@@ -60,7 +60,12 @@ FinetuneStepsOption = Annotated[
     int, typer.Option(min=0, help="Fine-tuning steps of the kept scores.")
 ]
 FinetuneLrOption = Annotated[
-    float, typer.Option(min=0.0, help="Adam's learning rate while fine-tuning.")
+    float,
+    typer.Option(
+        min=0.0,
+        help="Adam's learning rate while fine-tuning. The default search fine-tunes its "
+        "first budget at this and at a fifth of it, and goes on with the better.",
+    ),
 ]
 SparsifyUntilOption = Annotated[
     float | None,

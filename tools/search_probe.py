@@ -22,10 +22,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from chainx.cli.options import parse_floats
 from chainx.pipeline import open_model
 from chainx.scoring.auto_budget import smallest_holding
 from chainx.scoring.device import set_threads
-from chainx.scoring.frontier import ScoreState
 from chainx.scoring.model import ScoringModel
 from chainx.scoring.optimise import sparsify
 from chainx.settings import ExtractSettings
@@ -44,11 +44,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     set_threads(args.threads)
-    preprocessing: dict = {"resize": args.resize}
-    for name in ("mean", "std"):
-        if value := getattr(args, name):
-            preprocessing[name] = [float(v) for v in value.split(",")]
-    settings = ExtractSettings.from_options(seed=args.seed, **preprocessing)
+    settings = ExtractSettings.from_options(
+        seed=args.seed,
+        resize=args.resize,
+        mean=parse_floats("--mean", args.mean),
+        std=parse_floats("--std", args.std),
+    )
     source = open_model(args.model, settings.read)
     images = source.images(args.region).array
     scoring = ScoringModel(source.normalised, source.points)
@@ -60,9 +61,8 @@ def main() -> None:
         "searches": {},
     }
     print(f"phase 1: {record['phase1_s']} s, {record['phase1_kept']:,} filters above τ")
-    end = ScoreState.of(scoring, path.steps)
     for entry in args.step_sizes.split(","):
-        end.restore(scoring)
+        path.recorder.last.restore(scoring)  # phase 1's end, as every search starts
         sizes = None if entry == "auto" else (float(entry),)
         started = time.perf_counter()
         search = smallest_holding(

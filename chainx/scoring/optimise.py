@@ -293,7 +293,7 @@ def conclude(scoring: ScoringModel, phase1: Sparsified) -> OptimiseResult:
         budgets=search.trials if search else [],
         chosen=search.chosen if search else None,
         budget_reason=search.reason if search else "",
-        finetune_lr=search.finetune_lr if search else settings.finetune_lr,
+        finetune_lr=settings.finetune_lr,  # the search's choice where it ran
         step_sizes=search.step_sizes if search else [],
     )
 

@@ -68,6 +68,34 @@ def test_freed_memory_is_kept_on_glibc() -> None:
     assert keep_freed_memory()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_large_blocks_come_from_the_heap_and_stay_there() -> None:
+    """In a child process, as the settings are process-wide: a 256 MiB block is taken from
+    the heap, not mapped on its own, and freeing it leaves the heap as large as before."""
+    code = (
+        "import ctypes, ctypes.util\n"
+        "from chainx.scoring.memory import keep_freed_memory\n"
+        "libc = ctypes.CDLL(ctypes.util.find_library('c'))\n"
+        "names = 'arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost'\n"
+        "class Info(ctypes.Structure):\n"
+        "    _fields_ = [(name, ctypes.c_size_t) for name in names.split()]\n"
+        "libc.mallinfo2.restype = Info\n"
+        "libc.malloc.restype = ctypes.c_void_p\n"
+        "libc.free.argtypes = [ctypes.c_void_p]\n"
+        "assert keep_freed_memory()\n"
+        "before = libc.mallinfo2()\n"
+        "block = libc.malloc(256 << 20)\n"
+        "taken = libc.mallinfo2()\n"
+        "libc.free(block)\n"
+        "freed = libc.mallinfo2()\n"
+        "print(taken.hblks - before.hblks, taken.arena >= 256 << 20, freed.arena == taken.arena)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if "mallinfo2" in out.stderr:
+        pytest.skip("glibc older than 2.33: no mallinfo2")
+    assert out.stdout.split() == ["0", "True", "True"], (out.returncode, out.stderr)
+
+
 def test_one_thread_count_serves_torch_and_onnxruntime() -> None:
     """In a child process: the count changes process-wide state that later tests would see."""
     code = (

@@ -94,11 +94,14 @@ def _run_probe(
 ) -> list[torch.Tensor]:
     """The scored layers' outputs, units on axis 1 (unit_view); a model with a fixed batch
     runs in pieces of that size."""
-    if not fixed_batch or len(x) == fixed_batch:
-        outputs = list(module(x)[1:])
-    else:
-        pieces = [module(chunk)[1:] for chunk in padded_batches(x, fixed_batch)]
-        outputs = [torch.cat(layer)[: len(x)] for layer in zip(*pieces, strict=True)]
+    with warnings.catch_warnings():
+        # onnx2torch's Slice indexes with a list; torch warns about it on every call.
+        warnings.filterwarnings("ignore", message="Using a non-tuple", category=UserWarning)
+        if not fixed_batch or len(x) == fixed_batch:
+            outputs = list(module(x)[1:])
+        else:
+            pieces = [module(chunk)[1:] for chunk in padded_batches(x, fixed_batch)]
+            outputs = [torch.cat(layer)[: len(x)] for layer in zip(*pieces, strict=True)]
     return [unit_view(value, kind) for value, kind in zip(outputs, kinds, strict=True)]
 
 

@@ -10,9 +10,10 @@ Why no block is mapped on its own, whatever its size: glibc maps a block above t
 only when no free heap fits it. After the budget search, Lite0's heap held 2.4 GiB free in
 pieces too small for the filter sheets' activations (98 images at 224 px), so each step of
 the drawing mapped and faulted them in anew: 740 thousand page faults and 1.7 s of kernel
-time a step, 2.0 s a step against 0.9 s with the heap grown instead, and 120 s of drawing
-against 60 s. Why never trim: a step that frees more than the trim threshold at the heap's
-top would give it back and fault it in again on the next. The process keeps its peak heap.
+time a step, 2.0 s a step against 0.9 s with the heap grown instead; the extract's drawing
+took 120 s against 50 s. Why never trim: a step that frees more than the trim threshold
+at the heap's top would give it back and fault it in again on the next. The process keeps
+its peak heap.
 
 Tuned here with mallopt, as MALLOC_MMAP_MAX_, MALLOC_TRIM_THRESHOLD_ and MALLOC_TOP_PAD_
 would be; elsewhere than glibc nothing changes.

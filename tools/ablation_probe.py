@@ -20,7 +20,8 @@ holdout agreement, and the area under the holdout frontier.
 On EfficientNet-Lite0 the search and four ablations cost about 40 min a region (the
 replacement needs the whole network in every fine-tuning), so there the probe takes
 `--ablations zero,mean --keep-ratio 0.05 --frontier 0.3,0.15,0.05`: the chain at a fixed
-budget and three cuts, zero against the mean featuremap.
+budget and three cuts, zero against the mean featuremap. Zero and mean alone with the
+search and two cuts (`--frontier 0.15,0.05`) take about 11 min a region (docs/method.md).
 
 `--shard 0/2` and `--shard 1/2` split the trials between two processes (one thread each,
 OMP_NUM_THREADS=1), `--summary FILE...` prints the paired comparison of finished runs.

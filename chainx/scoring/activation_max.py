@@ -30,7 +30,7 @@ from chainx.onnx.runtime import with_outputs
 from chainx.onnx.score_points import score_muls
 from chainx.render.featuremaps import displayable, file_stem, png_bytes
 from chainx.scoring.memory import keep_freed_memory
-from chainx.scoring.model import padded_batches
+from chainx.scoring.model import padded_batches, quiet_list_indexing
 
 # Colour correlation of natural images (square root of the RGB covariance), as in Lucid.
 COLOUR = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
@@ -94,9 +94,7 @@ def _run_probe(
 ) -> list[torch.Tensor]:
     """The scored layers' outputs, units on axis 1 (unit_view); a model with a fixed batch
     runs in pieces of that size."""
-    with warnings.catch_warnings():
-        # onnx2torch's Slice indexes with a list; torch warns about it on every call.
-        warnings.filterwarnings("ignore", message="Using a non-tuple", category=UserWarning)
+    with quiet_list_indexing():
         if not fixed_batch or len(x) == fixed_batch:
             outputs = list(module(x)[1:])
         else:

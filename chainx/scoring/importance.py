@@ -20,7 +20,6 @@ filters of the same layer; `chainx/onnx/random_weights.py` re-draws the network'
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -79,7 +78,7 @@ def taylor(scoring: ScoringModel, images: np.ndarray, kind: str) -> Importance:
     """|Σ_xy a·∂L/∂a| per image, as the gradient of per-image multipliers at 1."""
     import torch
 
-    from chainx.scoring.model import log_probabilities, padded_batches
+    from chainx.scoring.model import log_probabilities, padded_batches, quiet_list_indexing
 
     scoring.to("cpu")
     total = {p.layer: np.zeros(p.channels) for p in scoring.points}
@@ -93,8 +92,7 @@ def taylor(scoring: ScoringModel, images: np.ndarray, kind: str) -> Importance:
         multipliers = [
             torch.ones(len(batch), *p.shape[1:], requires_grad=True) for p in scoring.points
         ]
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Using a non-tuple", category=UserWarning)
+        with quiet_list_indexing():
             output = scoring.net(batch, *multipliers)
         loss = torch.nn.functional.nll_loss(
             log_probabilities(output.reshape(len(batch), -1), kind), target, reduction="sum"

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,6 +99,14 @@ def float64_network(net: nn.Module) -> nn.Module:
         if getattr(module, "torch_dtype", None) == torch.float32:  # onnx2torch's Cast
             module.torch_dtype = torch.float64
     return twin
+
+
+@contextmanager
+def quiet_list_indexing() -> Iterator[None]:
+    """onnx2torch's Slice indexes with a list; torch warns about it on every call."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Using a non-tuple", category=UserWarning)
+        yield
 
 
 def padded_batches(x: torch.Tensor, size: int) -> list[torch.Tensor]:
@@ -213,9 +222,7 @@ class ScoringModel(nn.Module):
         return self._call(self.net if net is None else net, x, shaped)
 
     def _call(self, net: nn.Module, x: torch.Tensor, shaped: list[torch.Tensor]) -> torch.Tensor:
-        with warnings.catch_warnings():
-            # onnx2torch's Slice indexes with a list; torch warns about it on every call.
-            warnings.filterwarnings("ignore", message="Using a non-tuple", category=UserWarning)
+        with quiet_list_indexing():
             if self.fixed_batch and len(x) != self.fixed_batch:
                 pieces = padded_batches(x, self.fixed_batch)
                 return torch.cat([self._net(net, piece, shaped) for piece in pieces])[: len(x)]

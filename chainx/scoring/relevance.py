@@ -18,7 +18,6 @@ a score point is the gradient arriving at its Mul's output, read by a tensor hoo
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -39,7 +38,7 @@ from zennit.types import Convolution
 
 from chainx.errors import ChainxError
 from chainx.scoring.importance import Importance
-from chainx.scoring.model import ScoringModel, padded_batches
+from chainx.scoring.model import ScoringModel, padded_batches, quiet_list_indexing
 
 # epsilon-plus: z+ on convolutions, ε on dense layers (zennit's EpsilonPlus), as in Yeom et
 # al.; epsilon: ε everywhere, which conserves the relevance exactly where biases are zero.
@@ -158,8 +157,7 @@ def relevance(
             (batch,) = padded_batches(piece, step) if scoring.fixed_batch else (piece,)
             batch.requires_grad_(True)
             ones = [torch.ones(p.shape) for p in scoring.points]
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Using a non-tuple", category=UserWarning)
+            with quiet_list_indexing():
                 output = hooked(batch, *ones).reshape(len(batch), -1)
             top = output.argmax(-1, keepdim=True)
             start_relevance = torch.zeros_like(output).scatter(-1, top, output.gather(-1, top))
